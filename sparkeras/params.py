@@ -1,0 +1,262 @@
+"""Spark ML ``Param`` mixins shared by :class:`SparkKerasEstimator` and :class:`SparkKerasModel`.
+
+Every param is typed (a ``typeConverter`` rejects bad values when they are set, on the driver),
+has a getter in its mixin and a setter on the public classes. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed
+
+STRATEGIES = ("mirrored", "parameter_server")
+HANDLE_INVALID_OPTIONS = ("error", "skip")
+
+
+def _to_keras_model(value: Any) -> Any:
+    """Accept only ``keras.Model`` instances; the import stays lazy so executors never pay it."""
+    import keras
+
+    if not isinstance(value, keras.Model):
+        raise TypeError(
+            f"model must be a compiled keras.Model, got {type(value).__name__}. "
+            "Build the model with keras.Sequential / the functional API and call model.compile(...)."
+        )
+    return value
+
+
+def _to_positive_int(name: str):
+    def convert(value: Any) -> int:
+        converted = TypeConverters.toInt(value)
+        if converted < 1:
+            raise ValueError(f"{name} must be >= 1, got {converted}.")
+        return converted
+
+    return convert
+
+
+def _to_choice(name: str, choices: tuple[str, ...]):
+    def convert(value: Any) -> str:
+        converted = TypeConverters.toString(value)
+        if converted not in choices:
+            raise ValueError(f"{name}={converted!r} is not valid; choose one of {list(choices)}.")
+        return converted
+
+    return convert
+
+
+def _to_fraction(value: Any) -> float:
+    converted = TypeConverters.toFloat(value)
+    if not 0.0 <= converted < 1.0:
+        raise ValueError(f"validationFraction must be in [0, 1), got {converted}.")
+    return converted
+
+
+def _to_callbacks(value: Any) -> list:
+    import keras
+
+    callbacks = list(value or [])
+    for callback in callbacks:
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise TypeError(
+                f"callbacks must be keras.callbacks.Callback instances, got {type(callback).__name__}."
+            )
+    return callbacks
+
+
+def _to_custom_objects(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(
+            "customObjects must be a dict mapping names to classes or functions, "
+            'e.g. {"MyLayer": MyLayer}.'
+        )
+    return dict(value)
+
+
+class HasKerasModel(Params):
+    """The compiled ``keras.Model`` to train; copied, never mutated."""
+
+    model: Param[Any] = Param(
+        Params._dummy(),
+        "model",
+        "compiled keras.Model to train (architecture, optimizer, loss, metrics and weights are used)",
+        typeConverter=_to_keras_model,
+    )
+
+    def getModel(self) -> Any:
+        """Return the compiled ``keras.Model`` this estimator trains."""
+        return self.getOrDefault(self.model)
+
+
+class HasCustomObjects(Params):
+    """Custom layers, losses and metrics that Keras needs to rebuild the model on executors."""
+
+    customObjects: Param[dict] = Param(
+        Params._dummy(),
+        "customObjects",
+        "dict of name -> custom Keras class/function used by the model (shipped with cloudpickle)",
+        typeConverter=_to_custom_objects,
+    )
+
+    def getCustomObjects(self) -> dict:
+        """Return the custom objects shipped with the model."""
+        return self.getOrDefault(self.customObjects)
+
+
+class HasSafeMode(Params):
+    """Keras' safe mode when deserialising models (it refuses to run pickled lambdas)."""
+
+    safeMode: Param[bool] = Param(
+        Params._dummy(),
+        "safeMode",
+        "load Keras models with safe_mode=True; set False only for trusted models with Lambda layers",
+        typeConverter=TypeConverters.toBoolean,
+    )
+
+    def getSafeMode(self) -> bool:
+        """Return whether Keras safe mode is used when models are deserialised."""
+        return self.getOrDefault(self.safeMode)
+
+
+class _SharedParams(HasFeaturesCol, HasPredictionCol, HasCustomObjects, HasSafeMode):
+    """Params of both the estimator and the fitted model (``_copyValues`` carries them over)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setDefault(
+            featuresCol="features", predictionCol="prediction", customObjects={}, safeMode=True
+        )
+
+
+class SparkKerasModelParams(_SharedParams):
+    """Params of :class:`SparkKerasModel`."""
+
+    inferenceBatchSize: Param[int] = Param(
+        Params._dummy(),
+        "inferenceBatchSize",
+        "rows per model call in transform()",
+        typeConverter=_to_positive_int("inferenceBatchSize"),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setDefault(inferenceBatchSize=1024)
+
+    def getInferenceBatchSize(self) -> int:
+        """Return the number of rows per model call in ``transform``."""
+        return self.getOrDefault(self.inferenceBatchSize)
+
+
+class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSeed):
+    """Params of :class:`SparkKerasEstimator`."""
+
+    numWorkers: Param[int] = Param(
+        Params._dummy(),
+        "numWorkers",
+        "number of training processes, one Spark barrier task each",
+        typeConverter=_to_positive_int("numWorkers"),
+    )
+    strategy: Param[str] = Param(
+        Params._dummy(),
+        "strategy",
+        f"distribution strategy, one of {list(STRATEGIES)}",
+        typeConverter=_to_choice("strategy", STRATEGIES),
+    )
+    epochs: Param[int] = Param(
+        Params._dummy(),
+        "epochs",
+        "number of passes over the data",
+        typeConverter=_to_positive_int("epochs"),
+    )
+    batchSize: Param[int] = Param(
+        Params._dummy(),
+        "batchSize",
+        "global batch size, split evenly across workers",
+        typeConverter=_to_positive_int("batchSize"),
+    )
+    stepsPerEpoch: Param[int] = Param(
+        Params._dummy(),
+        "stepsPerEpoch",
+        "training steps per epoch on every worker; by default enough for each worker to see every "
+        "row of the largest shard once",
+        typeConverter=_to_positive_int("stepsPerEpoch"),
+    )
+    validationFraction: Param[float] = Param(
+        Params._dummy(),
+        "validationFraction",
+        "fraction of rows held out for validation (val_* metrics in the history); 0 disables it",
+        typeConverter=_to_fraction,
+    )
+    callbacks: Param[list] = Param(
+        Params._dummy(),
+        "callbacks",
+        "list of keras.callbacks.Callback run on every worker (epoch-level logs are global)",
+        typeConverter=_to_callbacks,
+    )
+    handleInvalid: Param[str] = Param(
+        Params._dummy(),
+        "handleInvalid",
+        "rows with null features or labels: 'error' fails the fit, 'skip' drops and counts them",
+        typeConverter=_to_choice("handleInvalid", HANDLE_INVALID_OPTIONS),
+    )
+    verbose: Param[int] = Param(
+        Params._dummy(),
+        "verbose",
+        "0 silent, 1 or 2 print one line per epoch on the driver when training ends",
+        typeConverter=TypeConverters.toInt,
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._setDefault(
+            labelCol="label",
+            numWorkers=1,
+            strategy="mirrored",
+            epochs=1,
+            batchSize=32,
+            validationFraction=0.0,
+            callbacks=[],
+            verbose=0,
+            handleInvalid="error",
+            seed=0,
+        )
+
+    def getNumWorkers(self) -> int:
+        """Return the number of training processes."""
+        return self.getOrDefault(self.numWorkers)
+
+    def getStrategy(self) -> str:
+        """Return the distribution strategy name."""
+        return self.getOrDefault(self.strategy)
+
+    def getEpochs(self) -> int:
+        """Return the number of epochs."""
+        return self.getOrDefault(self.epochs)
+
+    def getBatchSize(self) -> int:
+        """Return the global batch size."""
+        return self.getOrDefault(self.batchSize)
+
+    def getStepsPerEpoch(self) -> int | None:
+        """Return the steps-per-epoch override, or ``None`` when derived from the data."""
+        return self.getOrDefault(self.stepsPerEpoch) if self.isDefined(self.stepsPerEpoch) else None
+
+    def getValidationFraction(self) -> float:
+        """Return the fraction of rows held out for validation."""
+        return self.getOrDefault(self.validationFraction)
+
+    def getCallbacks(self) -> list:
+        """Return the Keras callbacks run on the workers."""
+        return self.getOrDefault(self.callbacks)
+
+    def getHandleInvalid(self) -> str:
+        """Return how rows with null features or labels are handled."""
+        return self.getOrDefault(self.handleInvalid)
+
+    def getVerbose(self) -> int:
+        """Return the verbosity level."""
+        return self.getOrDefault(self.verbose)

@@ -1,0 +1,147 @@
+"""Plain-value descriptions of a training run, computed on the driver and shipped to every task.
+
+Nothing here touches Spark or TensorFlow: the driver builds a :class:`TrainingPlan`, the barrier
+tasks carry it in their closure, and each TensorFlow worker process reads it back from JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from typing import Any, Literal
+
+FeatureKind = Literal["vector", "array"]
+LabelKind = Literal["scalar", "array", "vector"]
+Storage = Literal["dense", "sparse"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """How the features column is laid out and how shards store it.
+
+    ``storage`` is ``"sparse"`` (CSR shards fed as ``tf.SparseTensor``) when the model's input
+    is declared sparse, else ``"dense"`` (a ``rows x width`` float32 matrix).
+    """
+
+    column: str
+    kind: FeatureKind
+    width: int
+    storage: Storage = "dense"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+    """How the label column is laid out: a numeric scalar, or a fixed-width array/vector."""
+
+    column: str
+    kind: LabelKind
+    width: int
+    dtype: Literal["float32", "int32"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """Everything a worker needs, as plain values (bytes are base64 in JSON)."""
+
+    model_bytes: bytes
+    custom_objects_bytes: bytes
+    callbacks_bytes: bytes
+    features: FeatureSpec
+    label: LabelSpec
+    num_workers: int
+    strategy: str
+    epochs: int
+    global_batch_size: int
+    steps_per_epoch: int | None
+    validation_fraction: float
+    seed: int
+    verbose: int
+    safe_mode: bool
+
+    def to_json(self) -> str:
+        """Serialise for the worker process."""
+        values = dataclasses.asdict(self)
+        for key in ("model_bytes", "custom_objects_bytes", "callbacks_bytes"):
+            values[key] = base64.b64encode(values[key]).decode("ascii")
+        return json.dumps(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingPlan:
+        """Inverse of :meth:`to_json`."""
+        values: dict[str, Any] = json.loads(text)
+        for key in ("model_bytes", "custom_objects_bytes", "callbacks_bytes"):
+            values[key] = base64.b64decode(values[key])
+        values["features"] = FeatureSpec(**values["features"])
+        values["label"] = LabelSpec(**values["label"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerAssignment:
+    """One task's place in the cluster, decided by the barrier rendezvous."""
+
+    rank: int
+    addresses: list[str]
+    shard_rows: list[int]
+    shard_dir: str
+    result_dir: str
+    cpus: int = 1
+
+    def to_json(self) -> str:
+        """Serialise for the worker process."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerAssignment:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+    @property
+    def tf_config(self) -> dict[str, Any]:
+        """The ``TF_CONFIG`` of a MultiWorkerMirroredStrategy worker (rank 0 is the chief)."""
+        return {
+            "cluster": {"worker": self.addresses},
+            "task": {"type": "worker", "index": self.rank},
+        }
+
+
+def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
+    """Split the global batch evenly; ``ValueError`` when there are more replicas than rows."""
+    if global_batch_size < num_replicas:
+        raise ValueError(
+            f"batchSize={global_batch_size} is smaller than the {num_replicas} training replicas; "
+            f"use batchSize >= {num_replicas} (it is the global batch, split across workers)."
+        )
+    return global_batch_size // num_replicas
+
+
+def steps_per_epoch(shard_rows: list[int], rows_per_step: int, override: int | None) -> int:
+    """Steps every worker runs per epoch: enough for the largest shard to be seen once.
+
+    All workers must run the same number of steps or the collectives hang; smaller shards are
+    topped up with a random resample of their own rows (see ``worker.data.epoch_order``).
+
+    Examples
+    --------
+    >>> steps_per_epoch([100, 37], rows_per_step=32, override=None)
+    4
+    """
+    if override is not None:
+        return override
+    return max(1, -(-max(shard_rows) // rows_per_step))
+
+
+def validation_rows_per_worker(shard_rows: list[int], fraction: float) -> int:
+    """Rows each worker holds out: the same count everywhere, so evaluation steps match.
+
+    Examples
+    --------
+    >>> validation_rows_per_worker([500, 480], 0.2)
+    98
+    """
+    if fraction <= 0.0:
+        return 0
+    wanted = round(fraction * sum(shard_rows) / len(shard_rows))
+    # Every worker keeps at least one training row.
+    return max(1, min(wanted, min(shard_rows) - 1))

@@ -1,0 +1,143 @@
+"""Compiled Keras models and their custom objects <-> bytes.
+
+Models travel in Keras' own ``.keras`` format (architecture, compile config with the optimizer's
+config, loss, loss weights and metrics, weights and, once built, optimizer state). Custom objects
+travel with cloudpickle, because Keras' own serialisation only records their *names*
+(keras-team/keras#19832). Used by the driver, the TensorFlow worker processes and persistence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import cloudpickle
+
+
+class ModelSerializationError(ValueError):
+    """The model cannot be written to or rebuilt from the ``.keras`` format."""
+
+
+def model_to_bytes(model: Any) -> bytes:
+    """Serialise a Keras model, compiled state included, to ``.keras`` bytes.
+
+    Examples
+    --------
+    >>> data = model_to_bytes(model)  # doctest: +SKIP
+    >>> restored = model_from_bytes(data)  # doctest: +SKIP
+    """
+    with tempfile.TemporaryDirectory(prefix="sparkeras-model-") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        try:
+            model.save(path)
+        except Exception as error:  # Keras raises many types here; all mean "cannot serialise".
+            raise ModelSerializationError(
+                f"Keras could not serialise the model ({type(error).__name__}: {error}). Subclassed "
+                "layers and models need get_config(); pass their classes through customObjects."
+            ) from error
+        with open(path, "rb") as file:
+            return file.read()
+
+
+def model_from_bytes(
+    data: bytes,
+    custom_objects: Mapping[str, Any] | None = None,
+    *,
+    safe_mode: bool = True,
+    compile: bool = True,
+) -> Any:
+    """Rebuild a Keras model from ``.keras`` bytes written by :func:`model_to_bytes`.
+
+    Raises
+    ------
+    ModelSerializationError
+        When a class the model uses is unknown (the message names it and says how to pass it).
+    """
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="sparkeras-model-") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as file:
+            file.write(data)
+        try:
+            return keras.saving.load_model(
+                path,
+                custom_objects=dict(custom_objects or {}),
+                compile=compile,
+                safe_mode=safe_mode,
+            )
+        except Exception as error:
+            raise ModelSerializationError(_explain_load_error(error, path)) from error
+
+
+def _explain_load_error(error: Exception, path: str) -> str:
+    message = str(error)
+    if "safe_mode" in message or "Lambda" in message:
+        return (
+            f"Keras refused to load the model in safe mode: {message}\n"
+            "Lambda layers carry pickled Python code. Set safeMode=False only if you trust the model."
+        )
+    unknown = [
+        name for name in _custom_class_names(path) if f"'{name}'" in message or name in message
+    ]
+    named = f" ({', '.join(sorted(set(unknown)))})" if unknown else ""
+    return (
+        f"Keras could not rebuild the model{named}: {message}\n"
+        "Pass every custom layer, loss, metric or activation the model uses through "
+        'customObjects, e.g. customObjects={"MyLayer": MyLayer}.'
+    )
+
+
+def registered_objects_used(data: bytes) -> dict[str, Any]:
+    """Objects from Keras' global custom-object registry that a serialised model refers to.
+
+    They are registered in the driver's process only; shipping them by value lets executors
+    rebuild the model without importing the module that registered them.
+    """
+    import io
+
+    import keras
+
+    registry = keras.saving.get_custom_objects()
+    names = _custom_class_names(io.BytesIO(data))
+    return {name: registry[name] for name in names if name in registry}
+
+
+def _custom_class_names(archive_file: Any) -> list[str]:
+    """Names of classes in a ``.keras`` archive that are not part of Keras itself."""
+    with zipfile.ZipFile(archive_file) as archive:
+        config = json.loads(archive.read("config.json"))
+    names: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            module = node.get("module")
+            if "class_name" in node and (module is None or not str(module).startswith("keras")):
+                names.append(str(node.get("registered_name") or node["class_name"]))
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    return names
+
+
+def objects_to_bytes(objects: Any) -> bytes:
+    """Pickle custom objects or callbacks by value where needed (classes defined in notebooks)."""
+    try:
+        return cloudpickle.dumps(objects)
+    except Exception as error:
+        raise ModelSerializationError(
+            f"Could not pickle {type(objects).__name__} for the executors: {error}"
+        ) from error
+
+
+def objects_from_bytes(data: bytes) -> Any:
+    """Inverse of :func:`objects_to_bytes`."""
+    return cloudpickle.loads(data)

@@ -1,0 +1,34 @@
+"""The SparkSession sparkeras uses when the caller has none."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+
+def get_or_create_session(master: str = "local[*]", app_name: str = "sparkeras") -> SparkSession:
+    """Return the active SparkSession, or start a local one whose executors run this Python.
+
+    Spark executors start ``python3`` from ``PATH`` unless told otherwise; pointing
+    ``PYSPARK_PYTHON`` at ``sys.executable`` makes them use the same interpreter (and virtual
+    environment, with sparkeras, TensorFlow and Keras) as the driver.
+
+    Examples
+    --------
+    >>> spark = get_or_create_session("local[2]")  # doctest: +SKIP
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    return (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )

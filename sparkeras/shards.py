@@ -1,0 +1,166 @@
+"""Arrow record batches of one partition -> a worker's shard as flat binary files.
+
+Runs inside the Spark task (no TensorFlow). Conversion is vectorised over whole Arrow batches:
+no per-row Python objects. The TensorFlow worker memory-maps the files (``worker/data.py``), so a
+shard is written once, streamed batch by batch, and never held twice in memory.
+
+Layout of a shard directory::
+
+    meta.json                   rows, width, storage, label layout
+    features.f32                dense storage: rows x width float32, row-major
+    indptr.i64 indices.i32 values.f32   sparse storage: CSR
+    labels.<dtype>              rows x label width
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparkeras.plan import FeatureSpec, LabelSpec
+
+# Spark's VectorUDT travels through Arrow as struct<type, size, indices, values>; type 0 is sparse.
+_SPARSE_VECTOR = 0
+
+
+class ShardDataError(ValueError):
+    """A row cannot be turned into the tensor the model expects."""
+
+
+def write_shard(
+    batches: Iterable[pa.RecordBatch], directory: str, features: FeatureSpec, label: LabelSpec
+) -> int:
+    """Stream ``batches`` into ``directory`` and return the number of rows written.
+
+    Examples
+    --------
+    >>> rows = write_shard(iter(batches), "/tmp/shard", feature_spec, label_spec)  # doctest: +SKIP
+    """
+    os.makedirs(directory, exist_ok=True)
+    names = (
+        ["values.f32", "indices.i32", "row_nnz.i64"]
+        if features.storage == "sparse"
+        else ["features.f32"]
+    )
+    label_file_name = f"labels.{label.dtype}"
+    rows = nnz = 0
+    with contextlib.ExitStack() as stack:
+        files: dict[str, BinaryIO] = {
+            name: stack.enter_context(open(os.path.join(directory, name), "wb"))
+            for name in [*names, label_file_name]
+        }
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            feature_column = batch.column(features.column)
+            if features.storage == "sparse":
+                row_nnz, cols, values = _to_coo(feature_column, features)
+                files["values.f32"].write(values.astype(np.float32, copy=False).tobytes())
+                files["indices.i32"].write(cols.astype(np.int32, copy=False).tobytes())
+                files["row_nnz.i64"].write(row_nnz.astype(np.int64, copy=False).tobytes())
+                nnz += len(values)
+            else:
+                files["features.f32"].write(features_to_dense(feature_column, features).tobytes())
+            files[label_file_name].write(
+                _labels_to_numpy(batch.column(label.column), label).tobytes()
+            )
+            rows += batch.num_rows
+    if features.storage == "sparse":
+        _row_counts_to_indptr(directory)
+    with open(os.path.join(directory, "meta.json"), "w") as file:
+        json.dump({"rows": rows, "nnz": nnz}, file)
+    return rows
+
+
+def _row_counts_to_indptr(directory: str) -> None:
+    counts_path = os.path.join(directory, "row_nnz.i64")
+    counts = np.fromfile(counts_path, dtype=np.int64)
+    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    indptr.tofile(os.path.join(directory, "indptr.i64"))
+    os.remove(counts_path)
+
+
+def _check_no_nulls(column: pa.Array, name: str) -> None:
+    if column.null_count:
+        raise ShardDataError(
+            f"Column '{name}' has {column.null_count} null value(s) in this shard. "
+            "Set handleInvalid='skip' to drop such rows, or fill them before fitting."
+        )
+
+
+def _list_parts(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Row lengths and the flattened values of a list array (slices and offsets respected)."""
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return lengths.astype(np.int64, copy=False), flat
+
+
+def _to_coo(column: pa.Array, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row non-zero counts, column indices and values of a vector or array column."""
+    _check_no_nulls(column, spec.column)
+    if spec.kind == "array":
+        lengths, values = _list_parts(column)
+        _check_widths(lengths, spec)
+        cols = np.tile(np.arange(spec.width, dtype=np.int64), len(column))
+        return lengths, cols, values
+    lengths, values = _list_parts(column.field("values"))
+    kinds = column.field("type").to_numpy(zero_copy_only=False)
+    is_sparse = kinds == _SPARSE_VECTOR
+    if is_sparse.any():
+        sizes = column.field("size").to_numpy(zero_copy_only=False)[is_sparse]
+        bad = sizes != spec.width
+        if bad.any():
+            raise ShardDataError(_width_message(spec, int(sizes[bad][0])))
+    if (~is_sparse).any():
+        _check_widths(lengths[~is_sparse], spec)
+    row_starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    cols = np.arange(len(values), dtype=np.int64) - row_starts
+    sparse_entries = np.repeat(is_sparse, lengths)
+    if sparse_entries.any():
+        cols[sparse_entries] = column.field("indices").flatten().to_numpy(zero_copy_only=False)
+    return lengths, cols, values
+
+
+def features_to_dense(column: pa.Array, spec: FeatureSpec) -> np.ndarray:
+    """A ``rows x width`` float32 matrix; sparse vectors are scattered into zeros."""
+    _check_no_nulls(column, spec.column)
+    if spec.kind == "array" or not (column.field("type").to_numpy(zero_copy_only=False) == 0).any():
+        source = column if spec.kind == "array" else column.field("values")
+        lengths, values = _list_parts(source)
+        _check_widths(lengths, spec)
+        return values.astype(np.float32, copy=False).reshape(len(column), spec.width)
+    lengths, cols, values = _to_coo(column, spec)
+    dense = np.zeros((len(column), spec.width), dtype=np.float32)
+    dense[np.repeat(np.arange(len(column)), lengths), cols] = values
+    return dense
+
+
+def _check_widths(lengths: np.ndarray, spec: FeatureSpec) -> None:
+    bad = lengths != spec.width
+    if bad.any():
+        raise ShardDataError(_width_message(spec, int(lengths[bad][0])))
+
+
+def _width_message(spec: FeatureSpec, found: int) -> str:
+    return (
+        f"Column '{spec.column}' has a row of width {found}, but the model expects {spec.width} "
+        "features. Every row must have the same width as the model's input."
+    )
+
+
+def _labels_to_numpy(column: pa.Array, spec: LabelSpec) -> np.ndarray:
+    _check_no_nulls(column, spec.column)
+    if spec.kind == "scalar":
+        values: Any = column.to_numpy(zero_copy_only=False)
+    else:
+        label_features = FeatureSpec(column=spec.column, kind=spec.kind, width=spec.width)
+        values = features_to_dense(column, label_features)
+    return np.ascontiguousarray(values, dtype=np.dtype(spec.dtype))

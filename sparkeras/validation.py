@@ -1,0 +1,197 @@
+"""Driver-side checks of the model, the schema and the data, run before the training stage.
+
+Each check raises a ``ValueError``/``TypeError`` that names the problem and the fix. Everything that
+the schema and the model reveal is checked without a Spark job; what needs the data (row count,
+nulls, array widths) is computed in one aggregation job (:func:`collect_data_stats`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DataType,
+    FractionalType,
+    IntegralType,
+    NumericType,
+    StructType,
+)
+
+from sparkeras.plan import FeatureSpec, LabelSpec
+
+
+def check_compiled_model(model: Any) -> None:
+    """The model must be a compiled single-input ``keras.Model`` with a flat input."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"model must be a compiled keras.Model, got {type(model).__name__}. "
+            "Pass e.g. keras.Sequential([...]) after calling model.compile(...)."
+        )
+    if not getattr(model, "compiled", False) or model.optimizer is None:
+        raise ValueError(
+            "The model is not compiled. Call model.compile(optimizer=..., loss=..., metrics=...) "
+            "before passing it to SparkKerasEstimator."
+        )
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"The model has {len(model.inputs)} inputs; sparkeras feeds one features column, so "
+            "the model needs exactly one input (concatenate features with VectorAssembler)."
+        )
+
+
+def model_input_width(model: Any) -> int:
+    """Width of the model's single flat input ``(batch, width)``."""
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 2 or shape[1] is None:
+        raise ValueError(
+            f"The model's input has shape {shape}; sparkeras feeds flat feature vectors, so the "
+            "input must be (None, width) with a known width. Add a keras.layers.Reshape after "
+            "keras.Input((width,)) for image or sequence models."
+        )
+    return int(shape[1])
+
+
+def model_input_is_sparse(model: Any) -> bool:
+    """Whether the model declares ``keras.Input(..., sparse=True)``."""
+    return bool(getattr(model.inputs[0], "sparse", False))
+
+
+def _field_type(schema: StructType, column: str, role: str) -> DataType:
+    if column not in schema.names:
+        raise ValueError(
+            f"{role} column '{column}' is not in the DataFrame. Available columns: {schema.names}. "
+            f"Set {role}Col to one of them."
+        )
+    return schema[column].dataType
+
+
+def _is_numeric_array(data_type: DataType) -> bool:
+    return isinstance(data_type, ArrayType) and isinstance(data_type.elementType, NumericType)
+
+
+def feature_spec(schema: StructType, column: str, model: Any) -> FeatureSpec:
+    """Describe the features column and check it can feed the model."""
+    data_type = _field_type(schema, column, "features")
+    width = model_input_width(model)
+    if isinstance(data_type, VectorUDT):
+        kind = "vector"
+        declared = _vector_size_from_metadata(schema[column].metadata)
+        if declared is not None and declared != width:
+            raise ValueError(_width_error(column, declared, width))
+    elif _is_numeric_array(data_type):
+        kind = "array"
+    else:
+        raise TypeError(
+            f"features column '{column}' has type {data_type.simpleString()}; use a "
+            "pyspark.ml.linalg Vector column (e.g. from VectorAssembler) or an array of numbers."
+        )
+    if model_input_is_sparse(model) and kind != "vector":
+        raise TypeError(
+            f"The model's input is sparse, but features column '{column}' is an array; use a "
+            "SparseVector column or a dense model input."
+        )
+    return FeatureSpec(
+        column=column,
+        kind=kind,
+        width=width,
+        storage="sparse" if model_input_is_sparse(model) else "dense",
+    )
+
+
+def model_output_width(model: Any) -> int:
+    """Last dimension of the model's (first) output: the width of array or vector labels."""
+    return int(model.outputs[0].shape[-1] or 1)
+
+
+def label_spec(schema: StructType, column: str, width: int) -> LabelSpec:
+    """Describe the label column; array and vector labels must be ``width`` long."""
+    data_type = _field_type(schema, column, "label")
+    if isinstance(data_type, (IntegralType, BooleanType)):
+        return LabelSpec(column=column, kind="scalar", width=1, dtype="int32")
+    if isinstance(data_type, FractionalType):
+        return LabelSpec(column=column, kind="scalar", width=1, dtype="float32")
+    if isinstance(data_type, VectorUDT) or _is_numeric_array(data_type):
+        kind = "vector" if isinstance(data_type, VectorUDT) else "array"
+        return LabelSpec(column=column, kind=kind, width=width, dtype="float32")
+    raise TypeError(
+        f"label column '{column}' has type {data_type.simpleString()}; use a numeric column, "
+        "an array of numbers or a Vector. Index string labels first with StringIndexer."
+    )
+
+
+def _vector_size_from_metadata(metadata: dict) -> int | None:
+    size = metadata.get("ml_attr", {}).get("num_attrs")
+    return int(size) if size is not None else None
+
+
+def _width_error(column: str, found: int, expected: int) -> str:
+    return (
+        f"features column '{column}' has width {found}, but the model's input expects {expected} "
+        f"features. Change the model's keras.Input(({found},)) or the feature pipeline."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataStats:
+    """What one aggregation job over the training columns tells."""
+
+    rows: int
+    invalid_rows: int
+    feature_widths: tuple[int, int] | None
+    label_widths: tuple[int, int] | None
+
+
+def collect_data_stats(data: DataFrame, features: FeatureSpec, label: LabelSpec) -> DataStats:
+    """Count rows and rows with nulls, and the min/max width of array columns, in one job."""
+    invalid = F.col(features.column).isNull() | F.col(label.column).isNull()
+    aggregates = [F.count(F.lit(1)), F.count(F.when(invalid, 1))]
+
+    def widths(column: str, kind: str) -> list:
+        if kind != "array":
+            return []
+        size = F.when(F.col(column).isNotNull(), F.size(column))
+        return [F.min(size), F.max(size)]
+
+    aggregates += widths(features.column, features.kind) + widths(label.column, label.kind)
+    row = data.agg(*aggregates).first()
+    values = list(row) if row is not None else [0, 0]
+    feature_widths = tuple(values[2:4]) if features.kind == "array" else None
+    label_widths = tuple(values[-2:]) if label.kind == "array" else None
+    return DataStats(int(values[0]), int(values[1]), feature_widths, label_widths)
+
+
+def check_data(
+    stats: DataStats, features: FeatureSpec, label: LabelSpec, handle_invalid: str, num_workers: int
+) -> int:
+    """Check the statistics against the plan; return the number of rows that will be trained on."""
+    if stats.rows == 0:
+        raise ValueError("The training DataFrame is empty; there is nothing to fit.")
+    if stats.invalid_rows and handle_invalid == "error":
+        raise ValueError(
+            f"{stats.invalid_rows} of {stats.rows} rows have a null in '{features.column}' or "
+            f"'{label.column}'. Fill or drop them, or set handleInvalid='skip' to drop and count them."
+        )
+    if stats.feature_widths and stats.feature_widths != (features.width, features.width):
+        found = next(w for w in stats.feature_widths if w != features.width)
+        raise ValueError(_width_error(features.column, found, features.width))
+    if stats.label_widths and stats.label_widths != (label.width, label.width):
+        raise ValueError(
+            f"label column '{label.column}' has arrays of length {stats.label_widths[0]} to "
+            f"{stats.label_widths[1]}, but the model's output has width {label.width}; every label "
+            "must match the model's output."
+        )
+    usable = stats.rows - (stats.invalid_rows if handle_invalid == "skip" else 0)
+    if usable < num_workers:
+        raise ValueError(
+            f"Only {usable} usable row(s) for numWorkers={num_workers}; every worker needs at least "
+            "one row. Use fewer workers or more data."
+        )
+    return usable

@@ -1,0 +1,140 @@
+"""A worker's shard (memory-mapped files written by ``sparkeras.shards``) -> ``tf.data`` pipelines.
+
+Every worker runs exactly ``steps`` steps per epoch (collectives need it). Each epoch is a fresh
+permutation of the worker's training rows, topped up with a resample of the same rows when the
+shard is smaller than ``steps x batch``: every row is seen at least once per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from sparkeras.plan import FeatureSpec, LabelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Memory-mapped arrays of one worker's rows; ``features`` is dense or a CSR triple."""
+
+    features: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]
+    labels: np.ndarray
+    width: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+    @property
+    def sparse(self) -> bool:
+        return isinstance(self.features, tuple)
+
+    def take(self, index: np.ndarray) -> tuple[object, np.ndarray]:
+        """Rows ``index`` as (features, labels); sparse features as a ``tf.SparseTensor``."""
+        labels = self.labels[index]
+        if not self.sparse:
+            return self.features[index], labels
+        indptr, indices, values = self.features
+        starts, ends = indptr[index], indptr[index + 1]
+        lengths = ends - starts
+        positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
+            lengths.sum()
+        )
+        row_ids = np.repeat(np.arange(len(index), dtype=np.int64), lengths)
+        coordinates = np.stack([row_ids, indices[positions].astype(np.int64)], axis=1)
+        sparse = tf.SparseTensor(coordinates, values[positions], (len(index), self.width))
+        return tf.sparse.reorder(sparse), labels
+
+
+def open_shard(directory: str, features: FeatureSpec, label: LabelSpec) -> Shard:
+    """Memory-map a shard directory (no copy until rows are gathered)."""
+    with open(os.path.join(directory, "meta.json")) as file:
+        rows = json.load(file)["rows"]
+
+    def mapped(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        if 0 in shape:
+            return np.zeros(shape, dtype=dtype)
+        return np.memmap(os.path.join(directory, name), dtype=dtype, mode="r", shape=shape)
+
+    label_shape = (rows,) if label.kind == "scalar" else (rows, label.width)
+    labels = mapped(f"labels.{label.dtype}", label.dtype, label_shape)
+    if features.storage == "sparse":
+        indptr = np.fromfile(os.path.join(directory, "indptr.i64"), dtype=np.int64)
+        nnz = int(indptr[-1])
+        csr = (
+            indptr,
+            mapped("indices.i32", "int32", (nnz,)),
+            mapped("values.f32", "float32", (nnz,)),
+        )
+        return Shard(csr, labels, features.width)
+    return Shard(mapped("features.f32", "float32", (rows, features.width)), labels, features.width)
+
+
+def split_validation(rows: int, validation_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices for training and validation; the validation sample is fixed for the whole fit."""
+    order = np.random.default_rng(seed).permutation(rows)
+    return np.sort(order[validation_rows:]), np.sort(order[:validation_rows])
+
+
+def epoch_order(rows: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of ``rows`` topped up (or cut) to ``total`` entries."""
+    order = rng.permutation(rows)
+    if total > len(order):
+        order = np.concatenate([order, rng.choice(rows, total - len(order))])
+    return order[:total]
+
+
+def _signature(shard: Shard, features: FeatureSpec, label: LabelSpec) -> tuple:
+    feature_spec = (
+        tf.SparseTensorSpec((None, features.width), tf.float32)
+        if shard.sparse
+        else tf.TensorSpec((None, features.width), tf.float32)
+    )
+    label_shape = (None,) if label.kind == "scalar" else (None, label.width)
+    return feature_spec, tf.TensorSpec(label_shape, tf.as_dtype(label.dtype))
+
+
+def training_dataset(
+    shard: Shard,
+    rows: np.ndarray,
+    features: FeatureSpec,
+    label: LabelSpec,
+    *,
+    batch_size: int,
+    steps: int,
+    epochs: int,
+    seed: int,
+) -> tf.data.Dataset:
+    """Exactly ``epochs x steps`` batches of ``batch_size`` rows."""
+
+    def batches() -> Iterator[tuple]:
+        rng = np.random.default_rng(seed)
+        for _ in range(epochs):
+            order = epoch_order(rows, steps * batch_size, rng)
+            for step in range(steps):
+                yield shard.take(np.sort(order[step * batch_size : (step + 1) * batch_size]))
+
+    dataset = tf.data.Dataset.from_generator(
+        batches, output_signature=_signature(shard, features, label)
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def validation_dataset(
+    shard: Shard, rows: np.ndarray, features: FeatureSpec, label: LabelSpec, *, batch_size: int
+) -> tf.data.Dataset:
+    """The held-out rows in order; every worker holds the same number, so steps match."""
+
+    def batches() -> Iterator[tuple]:
+        for start in range(0, len(rows), batch_size):
+            yield shard.take(rows[start : start + batch_size])
+
+    dataset = tf.data.Dataset.from_generator(
+        batches, output_signature=_signature(shard, features, label)
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)

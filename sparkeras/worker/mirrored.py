@@ -1,0 +1,97 @@
+"""Synchronous data-parallel training with ``tf.distribute.MultiWorkerMirroredStrategy``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from sparkeras.plan import TrainingPlan, WorkerAssignment, per_replica_batch_size, steps_per_epoch
+from sparkeras.plan import validation_rows_per_worker as validation_rows
+
+
+def train(plan: TrainingPlan, assignment: WorkerAssignment) -> dict[str, Any]:
+    """Fit the plan's model on this worker's shard; the chief also saves the trained model.
+
+    Returns the worker's report: its history, rows, steps and a digest of its final weights.
+    """
+    # TF_CONFIG and threading must be set before TensorFlow runs its first op.
+    os.environ["TF_CONFIG"] = json.dumps(assignment.tf_config)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(assignment.cpus)
+    tf.config.threading.set_inter_op_parallelism_threads(max(2, assignment.cpus))
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+
+    import keras
+
+    from sparkeras.serialization import model_from_bytes, objects_from_bytes
+    from sparkeras.worker import data, keras_compat
+
+    patches = keras_compat.apply() if plan.num_workers > 1 else []
+    custom_objects = objects_from_bytes(plan.custom_objects_bytes)
+    with strategy.scope():
+        model = model_from_bytes(plan.model_bytes, custom_objects, safe_mode=plan.safe_mode)
+    callbacks = objects_from_bytes(plan.callbacks_bytes)
+
+    local_replicas = strategy.num_replicas_in_sync // plan.num_workers
+    batch = per_replica_batch_size(plan.global_batch_size, strategy.num_replicas_in_sync)
+    held_out = validation_rows(assignment.shard_rows, plan.validation_fraction)
+    shard_rows = [rows - held_out for rows in assignment.shard_rows]
+    steps = steps_per_epoch(shard_rows, batch * local_replicas, plan.steps_per_epoch)
+
+    shard = data.open_shard(assignment.shard_dir, plan.features, plan.label)
+    train_rows, val_rows = data.split_validation(shard.rows, held_out, plan.seed + assignment.rank)
+    seed = plan.seed * 7919 + assignment.rank
+
+    train_data = strategy.distribute_datasets_from_function(
+        lambda _: data.training_dataset(
+            shard,
+            train_rows,
+            plan.features,
+            plan.label,
+            batch_size=batch,
+            steps=steps * local_replicas,
+            epochs=plan.epochs,
+            seed=seed,
+        )
+    )
+    fit_kwargs: dict[str, Any] = {}
+    if held_out:
+        # Finite and the same length on every worker; no validation_steps, because Keras reuses an
+        # exhausted iterator when it is set with a tf.distribute dataset (also on one worker).
+        fit_kwargs["validation_data"] = strategy.distribute_datasets_from_function(
+            lambda _: data.validation_dataset(
+                shard, val_rows, plan.features, plan.label, batch_size=batch
+            )
+        )
+
+    keras.utils.set_random_seed(plan.seed)  # dropout and other random ops, same on all workers
+    history = model.fit(
+        train_data,
+        epochs=plan.epochs,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        verbose=2,
+        **fit_kwargs,
+    )
+    if assignment.rank == 0:
+        model.save(os.path.join(assignment.result_dir, "model.keras"))
+    return {
+        "rank": assignment.rank,
+        "history": {key: [float(v) for v in values] for key, values in history.history.items()},
+        "epochs_run": len(history.epoch),
+        "steps_per_epoch": steps,
+        "train_rows": len(train_rows),
+        "validation_rows": len(val_rows),
+        "weights_sha256": _weights_digest(model),
+        "keras_patches": patches,
+    }
+
+
+def _weights_digest(model: Any) -> str:
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+import sysconfig
 import tempfile
+import types
+import warnings
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -64,32 +69,39 @@ def model_from_bytes(
         with open(path, "wb") as file:
             file.write(data)
         try:
-            return keras.saving.load_model(
-                path,
-                custom_objects=dict(custom_objects or {}),
-                compile=compile,
-                safe_mode=safe_mode,
-            )
+            with warnings.catch_warnings():
+                # A model saved before its first fit has an unbuilt optimizer: nothing to restore.
+                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+                return keras.saving.load_model(
+                    path,
+                    custom_objects=dict(custom_objects or {}),
+                    compile=compile,
+                    safe_mode=safe_mode,
+                )
         except Exception as error:
-            raise ModelSerializationError(_explain_load_error(error, path)) from error
+            raise ModelSerializationError(_explain_load_error(error)) from error
 
 
-def _explain_load_error(error: Exception, path: str) -> str:
+def _explain_load_error(error: Exception) -> str:
     message = str(error)
     if "safe_mode" in message or "Lambda" in message:
         return (
-            f"Keras refused to load the model in safe mode: {message}\n"
+            f"Keras refused to load the model in safe mode: {_first_line(message)}\n"
             "Lambda layers carry pickled Python code. Set safeMode=False only if you trust the model."
         )
-    unknown = [
-        name for name in _custom_class_names(path) if f"'{name}'" in message or name in message
-    ]
-    named = f" ({', '.join(sorted(set(unknown)))})" if unknown else ""
-    return (
-        f"Keras could not rebuild the model{named}: {message}\n"
-        "Pass every custom layer, loss, metric or activation the model uses through "
-        'customObjects, e.g. customObjects={"MyLayer": MyLayer}.'
-    )
+    missing = sorted(set(re.findall(r"Could not locate (?:class|function) '([^']+)'", message)))
+    if missing:
+        example = ", ".join(f'"{name}": {name.split(">")[-1]}' for name in missing)
+        return (
+            f"The model uses custom object(s) {missing} that Keras cannot find when it rebuilds the "
+            f"model on the executors. Pass them through customObjects, e.g. customObjects={{{example}}}."
+        )
+    return f"Keras could not rebuild the model: {_first_line(message)}"
+
+
+def _first_line(message: str, limit: int = 500) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else message
+    return line[:limit]
 
 
 def registered_objects_used(data: bytes) -> dict[str, Any]:
@@ -105,6 +117,20 @@ def registered_objects_used(data: bytes) -> dict[str, Any]:
     registry = keras.saving.get_custom_objects()
     names = _custom_class_names(io.BytesIO(data))
     return {name: registry[name] for name in names if name in registry}
+
+
+def register_shipped_objects(objects: Mapping[str, Any]) -> None:
+    """Register unpickled objects under the names they had in the driver's Keras registry.
+
+    A worker saves the trained model; with the same registry entries as the driver, the saved
+    config names classes exactly as the driver's own ``model.save`` would.
+    """
+    import keras
+
+    for name, value in objects.items():
+        package, separator, short_name = name.partition(">")
+        if separator:
+            keras.saving.register_keras_serializable(package=package, name=short_name)(value)
 
 
 def _custom_class_names(archive_file: Any) -> list[str]:
@@ -129,13 +155,46 @@ def _custom_class_names(archive_file: Any) -> list[str]:
 
 
 def objects_to_bytes(objects: Any) -> bytes:
-    """Pickle custom objects or callbacks by value where needed (classes defined in notebooks)."""
+    """Pickle custom objects or callbacks for the executors.
+
+    Classes and functions from modules that are not installed packages (a script, a notebook, a
+    helper module next to it, a test file) are pickled by value: executors have the installed
+    packages, but not the files beside the driver's script.
+    """
+    modules = _uninstalled_modules(objects)
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
     try:
         return cloudpickle.dumps(objects)
     except Exception as error:
         raise ModelSerializationError(
             f"Could not pickle {type(objects).__name__} for the executors: {error}"
         ) from error
+    finally:
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _uninstalled_modules(objects: Any) -> list[types.ModuleType]:
+    installed = tuple(
+        os.path.realpath(sysconfig.get_paths()[key]) for key in ("stdlib", "purelib", "platlib")
+    )
+    values = objects.values() if isinstance(objects, Mapping) else objects
+    found: dict[str, types.ModuleType] = {}
+    for value in values:
+        owner = value if isinstance(value, (type, types.FunctionType)) else type(value)
+        module = sys.modules.get(getattr(owner, "__module__", "") or "")
+        path = getattr(module, "__file__", None)
+        if (
+            module is None
+            or path is None
+            or module.__name__ == "__main__"  # cloudpickle already pickles __main__ by value
+            or module.__name__.split(".")[0] == "sparkeras"
+            or os.path.realpath(path).startswith(installed)
+        ):
+            continue
+        found[module.__name__] = module
+    return list(found.values())
 
 
 def objects_from_bytes(data: bytes) -> Any:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
 
 
-def get_or_create_session(master: str = "local[*]", app_name: str = "sparkeras") -> SparkSession:
+def get_or_create_session(
+    master: str = "local[*]", app_name: str = "sparkeras", config: Mapping[str, str] | None = None
+) -> SparkSession:
     """Return the active SparkSession, or start a local one whose executors run this Python.
 
     Spark executors start ``python3`` from ``PATH`` unless told otherwise; pointing
     ``PYSPARK_PYTHON`` at ``sys.executable`` makes them use the same interpreter (and virtual
     environment, with sparkeras, TensorFlow and Keras) as the driver.
+
+    ``config`` adds Spark settings to a new session; it is ignored when one is already active.
 
     Examples
     --------
@@ -24,11 +29,13 @@ def get_or_create_session(master: str = "local[*]", app_name: str = "sparkeras")
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    return (
+    builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
     )
+    for key, value in (config or {}).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()

@@ -26,11 +26,16 @@ def train(plan: TrainingPlan, assignment: WorkerAssignment) -> dict[str, Any]:
 
     import keras
 
-    from sparkeras.serialization import model_from_bytes, objects_from_bytes
+    from sparkeras.serialization import (
+        model_from_bytes,
+        objects_from_bytes,
+        register_shipped_objects,
+    )
     from sparkeras.worker import data, keras_compat
 
     patches = keras_compat.apply() if plan.num_workers > 1 else []
     custom_objects = objects_from_bytes(plan.custom_objects_bytes)
+    register_shipped_objects(custom_objects)
     with strategy.scope():
         model = model_from_bytes(plan.model_bytes, custom_objects, safe_mode=plan.safe_mode)
     callbacks = objects_from_bytes(plan.callbacks_bytes)

@@ -1,0 +1,66 @@
+"""Shared fixtures: Spark sessions and small, learnable data sets."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+TEST_SPARK_CONFIG = {
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.driver.memory": "2g",
+}
+
+
+def start_session(master: str):
+    from sparkeras import get_or_create_session
+
+    session = get_or_create_session(master, app_name="sparkeras-tests", config=TEST_SPARK_CONFIG)
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """A local[2] session: two task slots, so two workers can share a barrier stage."""
+    session = start_session("local[2]")
+    yield session
+    session.stop()
+
+
+def separable(rows: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Linearly separable binary data: the label is the sign of a fixed projection."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(rows, width)).astype(np.float32)
+    weights = rng.normal(size=width)
+    return features, (features @ weights > 0).astype(np.float64)
+
+
+def array_frame(spark, features: np.ndarray, labels: np.ndarray, partitions: int = 2):
+    """A DataFrame with an array<double> features column and a double label."""
+    import pandas as pd
+
+    pdf = pd.DataFrame({"features": list(features.astype(np.float64)), "label": labels})
+    return spark.createDataFrame(pdf).repartition(partitions)
+
+
+def binary_model(width: int, hidden: int = 16, learning_rate: float = 0.01):
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((width,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

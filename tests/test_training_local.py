@@ -1,0 +1,316 @@
+"""End-to-end training on local[2]: two TensorFlow workers in one barrier stage."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import array_frame, binary_model, separable
+from pyspark.ml.functions import array_to_vector
+from pyspark.ml.linalg import Vectors
+from pyspark.sql import functions as F
+
+from sparkeras import SparkKerasEstimator, TrainingError
+
+pytestmark = pytest.mark.spark
+WIDTH = 10
+
+
+@pytest.fixture(scope="module")
+def data(spark):
+    features, labels = separable(2000, WIDTH)
+    return features, labels, array_frame(spark, features, labels).cache()
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    _, _, frame = data
+    model = binary_model(WIDTH)
+    estimator = SparkKerasEstimator(
+        model=model, numWorkers=2, epochs=4, batchSize=64, validationFraction=0.1, seed=3
+    )
+    return model, estimator.fit(frame)
+
+
+def test_two_workers_learn_a_separable_problem(fitted, data):
+    _, labels, frame = data
+    _, result = fitted
+    assert len(result.history["loss"]) == 4
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert result.history["accuracy"][-1] >= 0.9
+    assert result.history["val_accuracy"][-1] >= 0.9
+    predictions = result.transform(frame).select("prediction", "label").toPandas()
+    accuracy = ((predictions["prediction"] > 0.5) == (predictions["label"] > 0.5)).mean()
+    assert accuracy >= 0.93
+
+
+def test_workers_end_with_identical_weights_and_history(fitted):
+    _, result = fitted
+    first, second = result.workerReports
+    assert first["keras_patches"] == ["_maybe_symbolic_build", "reduce_per_replica"]
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["history"] == second["history"] == result.history
+    assert first["steps_per_epoch"] == second["steps_per_epoch"]
+    # Validation rows are held out evenly; every remaining row is trained on.
+    assert first["validation_rows"] == second["validation_rows"] == 100
+    assert first["train_rows"] + second["train_rows"] == 1800
+
+
+def test_returned_model_is_the_chiefs_and_user_model_is_untouched(fitted, data):
+    features, _, frame = data
+    user_model, result = fitted
+    trained = result.getKerasModel()
+    digest = result.workerReports[0]["weights_sha256"]
+    import hashlib
+
+    sha = hashlib.sha256()
+    for weights in trained.get_weights():
+        sha.update(weights.tobytes())
+    assert sha.hexdigest() == digest
+    # Compiled as the user compiled it, optimizer config included.
+    assert trained.loss == "binary_crossentropy"
+    assert trained.optimizer.get_config()["learning_rate"] == pytest.approx(0.01)
+    # The user's model was not trained (its optimizer never stepped).
+    assert int(user_model.optimizer.iterations.numpy()) == 0
+    assert not np.allclose(user_model.get_weights()[0], trained.get_weights()[0])
+    # transform predicts what the returned keras model predicts.
+    rows = frame.limit(50).toPandas()
+    expected = trained.predict(np.stack(rows["features"].to_numpy()).astype("float32"), verbose=0)
+    got = result.transform(frame.limit(50)).toPandas()["prediction"].to_numpy()
+    np.testing.assert_allclose(got, expected.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_vector_columns_skewed_partitions_and_sparse_vectors(spark):
+    features, labels = separable(600, WIDTH, seed=1)
+    rows = []
+    for index, (vector, label) in enumerate(zip(features, labels, strict=True)):
+        if index % 3 == 0:  # every third row as a SparseVector, with an explicit zero dropped
+            nonzero = np.flatnonzero(vector)
+            rows.append((Vectors.sparse(WIDTH, nonzero, vector[nonzero]), float(label)))
+        else:
+            rows.append((Vectors.dense(vector), float(label)))
+    context = spark.sparkContext
+    skewed = (
+        context.parallelize(rows[:5], 1)
+        .union(context.parallelize(rows[5:], 1))
+        .toDF(["features", "label"])
+    )
+    assert skewed.rdd.glom().map(len).collect() == [5, 595]
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH, learning_rate=0.03), numWorkers=2, epochs=6, batchSize=32
+    ).fit(skewed)
+    first, second = result.workerReports
+    assert first["steps_per_epoch"] == second["steps_per_epoch"]
+    assert first["train_rows"] + second["train_rows"] == 600
+    assert min(first["train_rows"], second["train_rows"]) > 200  # shards were rebalanced
+    assert result.history["accuracy"][-1] >= 0.9
+    predictions = result.transform(skewed).toPandas()
+    accuracy = ((predictions["prediction"] > 0.5) == (predictions["label"] > 0.5)).mean()
+    assert accuracy >= 0.9
+
+
+def test_array_labels_and_one_input_partition(spark):
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(400, 4)).astype(np.float32)
+    targets = np.stack([features @ [1.0, 2.0, 0.0, -1.0], features @ [0.0, 1.0, 1.0, 0.0]], axis=1)
+    import pandas as pd
+
+    frame = spark.createDataFrame(
+        pd.DataFrame({"x": list(features.astype(float)), "y": list(targets)})
+    ).coalesce(1)
+    frame = frame.withColumn("x", array_to_vector("x"))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    result = SparkKerasEstimator(
+        model=model, featuresCol="x", labelCol="y", numWorkers=2, epochs=15, batchSize=40
+    ).fit(frame)
+    assert result.history["loss"][-1] < 0.05
+    predicted = np.stack(result.transform(frame).toPandas()["prediction"].to_numpy())
+    assert predicted.shape == (400, 2)
+
+
+@keras.saving.register_keras_serializable(package="sparkeras_tests")
+class Scale(keras.layers.Layer):
+    """A registered custom layer: shipped automatically."""
+
+    def __init__(self, factor: float = 2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        return inputs * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+class Shift(keras.layers.Layer):
+    """An unregistered custom layer: must come through customObjects."""
+
+    def call(self, inputs):
+        return inputs + 1.0
+
+
+def weighted_bce(y_true, y_pred):
+    return 2.0 * keras.losses.binary_crossentropy(y_true, y_pred)
+
+
+def custom_model():
+    model = keras.Sequential(
+        [
+            keras.Input((WIDTH,)),
+            Scale(0.5),
+            Shift(),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=weighted_bce, metrics=["accuracy"])
+    return model
+
+
+def test_custom_layers_and_losses_travel_with_custom_objects(data):
+    _, _, frame = data
+    estimator = SparkKerasEstimator(
+        model=custom_model(),
+        numWorkers=2,
+        epochs=3,
+        batchSize=64,
+        customObjects={"Shift": Shift, "weighted_bce": weighted_bce},
+    )
+    result = estimator.fit(frame)
+    assert result.history["accuracy"][-1] >= 0.85
+    trained = result.getKerasModel()
+    assert [type(layer).__name__ for layer in trained.layers[:2]] == ["Scale", "Shift"]
+
+
+def test_unknown_custom_layer_is_named_before_any_spark_job(data):
+    _, _, frame = data
+    estimator = SparkKerasEstimator(model=custom_model(), numWorkers=2)
+    with pytest.raises(
+        ValueError, match=r"custom object\(s\) \[.Shift.\].*customObjects=\{\"Shift\": Shift\}"
+    ):
+        estimator.fit(frame)
+
+
+class RecordEpochs(keras.callbacks.Callback):
+    """A user callback that writes into the epoch logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["marker"] = float(epoch * 10)
+
+
+def test_callbacks_and_early_stopping_end_all_workers_together(data):
+    _, _, frame = data
+    callbacks = [
+        keras.callbacks.LearningRateScheduler(lambda epoch: 0.01 * 0.5**epoch),
+        # No epoch can improve by 10: training stops after the second epoch.
+        keras.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=1),
+        RecordEpochs(),
+    ]
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, epochs=10, batchSize=64, callbacks=callbacks
+    ).fit(frame)
+    assert [report["epochs_run"] for report in result.workerReports] == [2, 2]
+    assert result.history["learning_rate"] == pytest.approx([0.01, 0.005])
+    assert result.history["marker"] == [0.0, 10.0]
+
+
+def test_repeated_fits_in_one_session(data):
+    _, _, frame = data
+    estimator = SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, epochs=2, batchSize=64)
+    for _ in range(2):  # with the module's earlier fits, the session has run many barrier stages
+        result = estimator.fit(frame)
+        assert result.history["accuracy"][-1] >= 0.85
+        assert sum(report["train_rows"] for report in result.workerReports) == 2000
+
+
+def test_a_failing_worker_fails_fast_with_its_traceback(data):
+    _, _, frame = data
+
+    class Explode(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            raise RuntimeError("boom from the user callback")
+
+    started = time.monotonic()
+    estimator = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, epochs=2, callbacks=[Explode()]
+    )
+    with pytest.raises(TrainingError, match="boom from the user callback") as failure:
+        estimator.fit(frame)
+    assert "Traceback" in str(failure.value)
+    assert "on_epoch_begin" in str(failure.value)
+    assert time.monotonic() - started < 90
+
+
+def test_skip_invalid_rows_drops_and_trains(spark):
+    features, labels = separable(300, WIDTH, seed=4)
+    frame = array_frame(spark, features, labels).union(
+        spark.createDataFrame([(None, 1.0)], "features array<double>, label double")
+    )
+    with pytest.raises(ValueError, match=r"1 of 301 rows have a null.*handleInvalid='skip'"):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2).fit(frame)
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, handleInvalid="skip", batchSize=30
+    ).fit(frame)
+    assert sum(report["train_rows"] for report in result.workerReports) == 300
+
+
+def test_bad_rows_found_by_the_workers_are_reported(spark):
+    frame = spark.createDataFrame(
+        [(Vectors.dense([1.0] * WIDTH), 1.0), (Vectors.dense([1.0] * 3), 0.0)],
+        ["features", "label"],
+    )
+    with pytest.raises(TrainingError, match=r"width 3, but the model expects 10"):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=2).fit(frame)
+
+
+def test_too_many_workers_for_the_slots_fails_fast(data):
+    _, _, frame = data
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"numWorkers=3 .* only 2 task slot"):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=3).fit(frame)
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda f: f.drop("label"),
+            r"label column 'label' is not in the DataFrame.*\['features'\]",
+        ),
+        (
+            lambda f: f.withColumn("features", F.lit("x")),
+            r"features column 'features' has type string",
+        ),
+        (
+            lambda f: f.withColumn("label", F.lit("x")),
+            r"label column 'label' has type string.*StringIndexer",
+        ),
+        (lambda f: f.limit(0), r"DataFrame is empty"),
+        (
+            lambda f: f.withColumn("features", F.slice("features", 1, 3)),
+            r"width 3, but the model's input expects 10",
+        ),
+    ],
+)
+def test_bad_frames_are_rejected_on_the_driver(data, change, message):
+    _, _, frame = data
+    with pytest.raises((ValueError, TypeError), match=message):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2).fit(change(frame))
+
+
+def test_bad_models_are_rejected_on_the_driver(data):
+    _, _, frame = data
+    uncompiled = keras.Sequential([keras.Input((WIDTH,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="not compiled"):
+        SparkKerasEstimator(model=uncompiled).fit(frame)
+    with pytest.raises(TypeError, match="compiled keras.Model"):
+        SparkKerasEstimator(model="not a model")
+    with pytest.raises(ValueError, match="No model to train"):
+        SparkKerasEstimator().fit(frame)
+    with pytest.raises(ValueError, match=r"batchSize=1 is smaller than the 2"):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=1).fit(frame)

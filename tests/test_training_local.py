@@ -35,7 +35,7 @@ def fitted(data):
 
 
 def test_two_workers_learn_a_separable_problem(fitted, data):
-    _, labels, frame = data
+    _, _, frame = data
     _, result = fitted
     assert len(result.history["loss"]) == 4
     assert result.history["loss"][-1] < result.history["loss"][0]
@@ -59,7 +59,7 @@ def test_workers_end_with_identical_weights_and_history(fitted):
 
 
 def test_returned_model_is_the_chiefs_and_user_model_is_untouched(fitted, data):
-    features, _, frame = data
+    _, _, frame = data
     user_model, result = fitted
     trained = result.getKerasModel()
     digest = result.workerReports[0]["weights_sha256"]
@@ -308,7 +308,7 @@ def test_bad_models_are_rejected_on_the_driver(data):
     uncompiled = keras.Sequential([keras.Input((WIDTH,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="not compiled"):
         SparkKerasEstimator(model=uncompiled).fit(frame)
-    with pytest.raises(TypeError, match="compiled keras.Model"):
+    with pytest.raises(TypeError, match=r"compiled keras\.Model"):
         SparkKerasEstimator(model="not a model")
     with pytest.raises(ValueError, match="No model to train"):
         SparkKerasEstimator().fit(frame)

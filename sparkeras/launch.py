@@ -104,7 +104,8 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 error = None
             except ValueError as shard_error:  # reported after the rendezvous, by every task
                 rows, error = 0, f"{type(shard_error).__name__}: {shard_error}"
-            host = context.getTaskInfos()[rank].address.rsplit(":", 1)[0]
+            executor = context.getTaskInfos()[rank].address
+            host = executor.rsplit(":", 1)[0]
             message = json.dumps(
                 {"address": f"{host}:{_free_port()}", "rows": rows, "error": error}
             )
@@ -117,6 +118,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 shard_dir=shard_dir,
                 result_dir=task_dir,
                 cpus=context.cpus(),
+                executor=executor,
             )
             with open(os.path.join(task_dir, "plan.json"), "w") as file:
                 file.write(plan_json)

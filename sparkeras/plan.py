@@ -87,6 +87,7 @@ class WorkerAssignment:
     shard_dir: str
     result_dir: str
     cpus: int = 1
+    executor: str = ""
 
     def to_json(self) -> str:
         """Serialise for the worker process."""

@@ -85,6 +85,7 @@ def train(plan: TrainingPlan, assignment: WorkerAssignment) -> dict[str, Any]:
         model.save(os.path.join(assignment.result_dir, "model.keras"))
     return {
         "rank": assignment.rank,
+        "executor": assignment.executor,
         "history": {key: [float(v) for v in values] for key, values in history.history.items()},
         "epochs_run": len(history.epoch),
         "steps_per_epoch": steps,

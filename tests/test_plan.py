@@ -1,0 +1,61 @@
+"""Planning arithmetic, without Spark."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparkeras.plan import (
+    FeatureSpec,
+    LabelSpec,
+    TrainingPlan,
+    WorkerAssignment,
+    per_replica_batch_size,
+    steps_per_epoch,
+    validation_rows_per_worker,
+)
+
+
+def test_steps_cover_the_largest_shard():
+    assert steps_per_epoch([100, 37], rows_per_step=32, override=None) == 4
+    assert steps_per_epoch([5, 595], rows_per_step=16, override=None) == 38
+    assert steps_per_epoch([3], rows_per_step=64, override=None) == 1
+    assert steps_per_epoch([100, 37], rows_per_step=32, override=9) == 9
+
+
+def test_batch_is_split_across_replicas():
+    assert per_replica_batch_size(128, 2) == 64
+    assert per_replica_batch_size(129, 2) == 64
+    with pytest.raises(ValueError, match=r"batchSize=1 is smaller than the 2 training replicas"):
+        per_replica_batch_size(1, 2)
+
+
+def test_validation_rows_are_equal_on_every_worker_and_leave_training_rows():
+    assert validation_rows_per_worker([500, 480], 0.2) == 98
+    assert validation_rows_per_worker([500, 480], 0.0) == 0
+    assert validation_rows_per_worker([10, 2], 0.5) == 1  # the small shard keeps one row
+
+
+def test_plan_and_assignment_survive_json():
+    plan = TrainingPlan(
+        model_bytes=b"\x00model",
+        custom_objects_bytes=b"objects",
+        callbacks_bytes=b"callbacks",
+        features=FeatureSpec("f", "vector", 7, "sparse"),
+        label=LabelSpec("l", "scalar", 1, "int32"),
+        num_workers=2,
+        strategy="mirrored",
+        epochs=3,
+        global_batch_size=64,
+        steps_per_epoch=None,
+        validation_fraction=0.1,
+        seed=5,
+        verbose=0,
+        safe_mode=True,
+    )
+    assert TrainingPlan.from_json(plan.to_json()) == plan
+    assignment = WorkerAssignment(1, ["a:1", "b:2"], [10, 12], "/s", "/r", cpus=2, executor="e:3")
+    assert WorkerAssignment.from_json(assignment.to_json()) == assignment
+    assert assignment.tf_config == {
+        "cluster": {"worker": ["a:1", "b:2"]},
+        "task": {"type": "worker", "index": 1},
+    }

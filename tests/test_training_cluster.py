@@ -1,0 +1,56 @@
+"""Training across two executor JVMs: local-cluster[2,1,1024] is a real standalone cluster."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import array_frame, binary_model, separable, start_session
+from pyspark.sql import SparkSession
+
+from sparkeras import SparkKerasEstimator
+from sparkeras.launch import available_task_slots
+
+pytestmark = [pytest.mark.cluster, pytest.mark.spark]
+WIDTH = 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+    session = start_session("local-cluster[2,1,1024]")
+    # Executors register asynchronously; wait until both offer their slot.
+    deadline = time.monotonic() + 60
+    while (available_task_slots(session) or 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    yield session
+    session.stop()
+
+
+def test_two_workers_on_two_executors_learn_with_identical_weights(cluster):
+    features, labels = separable(1500, WIDTH, seed=7)
+    frame = array_frame(cluster, features, labels, partitions=3)
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, epochs=4, batchSize=50, validationFraction=0.1
+    ).fit(frame)
+    first, second = result.workerReports
+    assert first["executor"] != second["executor"]  # two JVMs, so two executor addresses
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["history"] == second["history"] == result.history
+    assert result.history["val_accuracy"][-1] >= 0.9
+    predictions = result.transform(frame).toPandas()
+    accuracy = ((predictions["prediction"] > 0.5) == (predictions["label"] > 0.5)).mean()
+    assert accuracy >= 0.9
+
+
+def test_a_second_fit_on_the_cluster_and_slot_check(cluster):
+    features, labels = separable(400, WIDTH, seed=8)
+    frame = array_frame(cluster, features, labels)
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, epochs=2, batchSize=20
+    ).fit(frame)
+    assert len(result.history["loss"]) == 2
+    with pytest.raises(ValueError, match=r"numWorkers=3 .* only 2 task slot"):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=3).fit(frame)

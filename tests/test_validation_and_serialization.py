@@ -1,0 +1,107 @@
+"""Driver-side checks and model shipping, without Spark jobs."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+from conftest import binary_model
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql.types import (
+    ArrayType,
+    DoubleType,
+    IntegerType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from sparkeras import serialization, validation
+from sparkeras.plan import FeatureSpec, LabelSpec
+from sparkeras.worker import keras_compat
+
+SCHEMA = StructType(
+    [
+        StructField("vec", VectorUDT(), metadata={"ml_attr": {"num_attrs": 10}}),
+        StructField("arr", ArrayType(DoubleType())),
+        StructField("text", StringType()),
+        StructField("y", IntegerType()),
+        StructField("z", DoubleType()),
+    ]
+)
+
+
+def test_feature_and_label_specs_follow_the_schema():
+    model = binary_model(10)
+    assert validation.feature_spec(SCHEMA, "vec", model) == FeatureSpec("vec", "vector", 10)
+    assert validation.feature_spec(SCHEMA, "arr", model).kind == "array"
+    assert validation.label_spec(SCHEMA, "y", 1) == LabelSpec("y", "scalar", 1, "int32")
+    assert validation.label_spec(SCHEMA, "z", 1).dtype == "float32"
+    assert validation.label_spec(SCHEMA, "arr", 3) == LabelSpec("arr", "array", 3, "float32")
+
+
+def test_schema_errors_name_the_problem_and_the_fix():
+    model = binary_model(10)
+    with pytest.raises(ValueError, match=r"features column 'nope' is not in the DataFrame.*'vec'"):
+        validation.feature_spec(SCHEMA, "nope", model)
+    with pytest.raises(TypeError, match=r"features column 'text' has type string"):
+        validation.feature_spec(SCHEMA, "text", model)
+    with pytest.raises(ValueError, match=r"width 10, but the model's input expects 4"):
+        validation.feature_spec(SCHEMA, "vec", binary_model(4))
+    with pytest.raises(TypeError, match="StringIndexer"):
+        validation.label_spec(SCHEMA, "text", 1)
+
+
+def test_models_need_one_flat_compiled_input():
+    images = keras.Sequential([keras.Input((4, 4)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    images.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match=r"input has shape \(None, 4, 4\).*Reshape"):
+        validation.model_input_width(images)
+    with pytest.raises(ValueError, match="not compiled"):
+        validation.check_compiled_model(
+            keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        )
+
+
+def test_data_statistics_checks():
+    features, label = FeatureSpec("f", "array", 3), LabelSpec("l", "scalar", 1, "float32")
+    ok = validation.DataStats(rows=10, invalid_rows=0, feature_widths=(3, 3), label_widths=None)
+    assert validation.check_data(ok, features, label, "error", 2) == 10
+    with pytest.raises(ValueError, match="empty"):
+        validation.check_data(validation.DataStats(0, 0, None, None), features, label, "error", 2)
+    nulls = validation.DataStats(rows=10, invalid_rows=2, feature_widths=(3, 3), label_widths=None)
+    with pytest.raises(ValueError, match=r"2 of 10 rows have a null"):
+        validation.check_data(nulls, features, label, "error", 2)
+    assert validation.check_data(nulls, features, label, "skip", 2) == 8
+    ragged = validation.DataStats(rows=10, invalid_rows=0, feature_widths=(2, 3), label_widths=None)
+    with pytest.raises(ValueError, match="width 2"):
+        validation.check_data(ragged, features, label, "error", 2)
+    with pytest.raises(ValueError, match=r"Only 10 usable row\(s\) for numWorkers=11"):
+        validation.check_data(ok, features, label, "error", 11)
+
+
+def test_model_bytes_round_trip_keeps_compile_state():
+    model = binary_model(5, learning_rate=0.123)
+    rebuilt = serialization.model_from_bytes(serialization.model_to_bytes(model))
+    assert rebuilt.optimizer.get_config()["learning_rate"] == pytest.approx(0.123)
+    assert rebuilt.loss == "binary_crossentropy"
+    for before, after in zip(model.get_weights(), rebuilt.get_weights(), strict=True):
+        assert (before == after).all()
+
+
+def test_keras_compat_is_version_checked_and_idempotent():
+    assert keras_compat.needs_patches((3, 15))
+    assert keras_compat.needs_patches((3, 0))
+    assert not keras_compat.needs_patches((3, 16))
+    assert not keras_compat.needs_patches((2, 15))
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+    try:
+        assert keras_compat.apply() == ["_maybe_symbolic_build", "reduce_per_replica"]
+        patched = trainer.reduce_per_replica
+        keras_compat.apply()
+        assert trainer.reduce_per_replica is patched  # not wrapped twice
+    finally:
+        trainer.reduce_per_replica = original
+        trainer.TensorFlowTrainer._maybe_symbolic_build = original_build

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,6 +98,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         context = BarrierTaskContext.get()
         rank = context.partitionId()
         task_dir = tempfile.mkdtemp(prefix=f"sparkeras-task{rank}-")
+        started = time.time()
         try:
             shard_dir = os.path.join(task_dir, "shard")
             try:
@@ -109,7 +111,9 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
             message = json.dumps(
                 {"address": f"{host}:{_free_port()}", "rows": rows, "error": error}
             )
+            shard_written = time.time()
             peers = [json.loads(peer) for peer in context.allGather(message)]
+            rendezvous_done = time.time()
             _check_rendezvous(peers, num_workers, rank)
             assignment = WorkerAssignment(
                 rank=rank,
@@ -125,8 +129,14 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
             with open(os.path.join(task_dir, "assignment.json"), "w") as file:
                 file.write(assignment.to_json())
             _run_worker_process(task_dir, rank)
-            with open(os.path.join(task_dir, "report.json"), "rb") as file:
-                yield _result_batch(rank, "report", [file.read()])
+            with open(os.path.join(task_dir, "report.json")) as file:
+                report = json.load(file)
+            report["task_seconds"] = {
+                "write_shard": round(shard_written - started, 4),
+                "rendezvous": round(rendezvous_done - shard_written, 4),
+                "worker_process": round(time.time() - rendezvous_done, 4),
+            }
+            yield _result_batch(rank, "report", [json.dumps(report).encode()])
             if rank == 0:
                 with open(os.path.join(task_dir, "model.keras"), "rb") as file:
                     chunks = iter(lambda: file.read(CHUNK_BYTES), b"")

@@ -9,10 +9,13 @@ multi-worker mode.
    "Attempt to convert a value (PerReplica...)". The batch is only used for its shapes and dtypes
    (it becomes ``KerasTensor``s), so this module builds from the local replica's value instead:
    no collective, same result.
-2. ``reduce_per_replica`` reduces every metric with ``strategy.reduce("MEAN", v, axis=0)``;
-   metrics are scalars: "Invalid reduction dimension 0 for input with 0 dimensions". Scalars are
-   reduced with ``axis=None`` (the cross-replica mean, which is what the logs mean); other values
-   keep Keras' behaviour.
+2. ``reduce_per_replica`` reduces every per-step metric with ``strategy.reduce("MEAN", v, axis=0)``;
+   metrics are scalars: "Invalid reduction dimension 0 for input with 0 dimensions". Here the
+   per-step logs stay local (the worker's own running values), with no collective at all: one
+   cross-worker reduce per metric per step would cost more than the step itself. Epoch-level logs
+   (history, EarlyStopping, ModelCheckpoint, validation) do not come from these values: Keras reads
+   its metric variables, which are ``ON_READ``/``SUM`` synchronised, once per epoch, so they are
+   global and identical on every worker. Only batch-level callbacks see local values.
 
 The patches are applied only inside sparkeras' own TensorFlow worker processes (never on import
 of ``sparkeras``), only on the Keras versions they were written for, and only once.
@@ -66,7 +69,7 @@ def apply() -> list[str]:
                 "patch does not match this Keras. Please report it with your Keras version."
             )
     if not getattr(trainer.reduce_per_replica, _APPLIED_MARKER, False):
-        trainer.reduce_per_replica = _scalar_safe_reduce(trainer.reduce_per_replica)
+        trainer.reduce_per_replica = _local_step_logs(trainer.reduce_per_replica)
         trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build_locally
     return ["_maybe_symbolic_build", "reduce_per_replica"]
 
@@ -90,25 +93,14 @@ def _maybe_symbolic_build_locally(self: Any, iterator: Any = None, data_batch: A
         self._symbolic_build(data_batch=data_batch)
 
 
-def _scalar_safe_reduce(original: Any) -> Any:
+def _local_step_logs(original: Any) -> Any:
     @functools.wraps(original)
     def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
         from keras.src.backend.tensorflow import trainer
 
         if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-
-            def reduce_one(value: Any) -> Any:
-                if _is_scalar(value):
-                    return strategy.reduce("MEAN", value, axis=None)
-                return original(value, strategy, reduction)
-
-            return tf.nest.map_structure(reduce_one, values)
+            return tf.nest.map_structure(_local_value, values)
         return original(values, strategy, reduction)
 
     setattr(reduce_per_replica, _APPLIED_MARKER, True)
     return reduce_per_replica
-
-
-def _is_scalar(value: Any) -> bool:
-    local = _local_value(value)
-    return hasattr(local, "shape") and local.shape.rank == 0

@@ -10,6 +10,7 @@ Only plain values (the JSON plan) travel in the task closure; nothing here impor
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -97,9 +98,12 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
 
         context = BarrierTaskContext.get()
         rank = context.partitionId()
+        stack = contextlib.ExitStack()
         task_dir = tempfile.mkdtemp(prefix=f"sparkeras-task{rank}-")
         started = time.time()
         try:
+            # Started first: TensorFlow's imports overlap the shard writing and the rendezvous.
+            worker = stack.enter_context(contextlib.closing(_WorkerProcess(task_dir)))
             shard_dir = os.path.join(task_dir, "shard")
             try:
                 rows = write_shard(batches, shard_dir, features, label)
@@ -128,7 +132,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 file.write(plan_json)
             with open(os.path.join(task_dir, "assignment.json"), "w") as file:
                 file.write(assignment.to_json())
-            _run_worker_process(task_dir, rank)
+            worker.run(rank)
             with open(os.path.join(task_dir, "report.json")) as file:
                 report = json.load(file)
             report["task_seconds"] = {
@@ -142,6 +146,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     chunks = iter(lambda: file.read(CHUNK_BYTES), b"")
                     yield _result_batch(rank, "model", list(chunks))
         finally:
+            stack.close()
             shutil.rmtree(task_dir, ignore_errors=True)
 
     try:
@@ -192,32 +197,48 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _run_worker_process(task_dir: str, rank: int) -> None:
-    log_path = os.path.join(task_dir, "worker.log")
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
-        PYTHONUNBUFFERED="1",
-        TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-    )
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sparkeras.worker", task_dir],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=preexec,
-            start_new_session=True,
+class _WorkerProcess:
+    """The task's TensorFlow process, ``python -m sparkeras.worker TASK_DIR``.
+
+    It imports TensorFlow at once, then waits on its stdin for the go signal that follows the
+    rendezvous; end of input without it makes it exit. It is SIGKILLed when the Spark worker
+    that started it dies (Linux), and by :meth:`close` whenever the task ends early.
+    """
+
+    def __init__(self, task_dir: str) -> None:
+        self.task_dir = task_dir
+        self.log_path = os.path.join(task_dir, "worker.log")
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
+            PYTHONUNBUFFERED="1",
+            TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         )
-        try:
-            exit_code = process.wait()
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-    if exit_code != 0:
-        raise _fail(_describe_failure(task_dir, rank, exit_code, log_path))
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sparkeras.worker", task_dir],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                start_new_session=True,
+            )
+
+    def run(self, rank: int) -> None:
+        """Let the process train (plan and assignment are written) and wait for it."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"go\n")
+        self.process.stdin.close()
+        exit_code = self.process.wait()
+        if exit_code != 0:
+            raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
+
+    def close(self) -> None:
+        """Kill the process group if it is still running."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
 def _describe_failure(task_dir: str, rank: int, exit_code: int, log_path: str) -> str:

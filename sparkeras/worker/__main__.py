@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 
 from sparkeras.plan import TrainingPlan, WorkerAssignment
@@ -19,14 +20,29 @@ ERROR_FILE = "error.txt"
 
 def main(task_dir: str) -> int:
     """Run the worker described in ``task_dir``; return the process exit code."""
+    started = time.perf_counter()
     try:
+        # Imported while the Spark task still writes the shard (importing runs no TF op, so
+        # collectives can still be configured); then wait for the rendezvous to finish.
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+        from sparkeras.worker import mirrored
+
+        imported = time.perf_counter()
+        if sys.stdin.readline().strip() != "go":
+            return 1  # the task ended before the rendezvous; nothing to report
+        waited = time.perf_counter()
         with open(os.path.join(task_dir, "plan.json")) as file:
             plan = TrainingPlan.from_json(file.read())
         with open(os.path.join(task_dir, "assignment.json")) as file:
             assignment = WorkerAssignment.from_json(file.read())
-        from sparkeras.worker import mirrored
-
         report = mirrored.train(plan, assignment)
+        report["seconds"] = {
+            "import_tensorflow": round(imported - started, 4),
+            "wait_for_rendezvous": round(waited - imported, 4),
+            **report["seconds"],
+        }
     except BaseException:
         with open(os.path.join(task_dir, ERROR_FILE), "w") as file:
             file.write(traceback.format_exc())

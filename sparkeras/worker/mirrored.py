@@ -25,8 +25,6 @@ def train(plan: TrainingPlan, assignment: WorkerAssignment) -> dict[str, Any]:
     os.environ["TF_CONFIG"] = json.dumps(assignment.tf_config)
     import tensorflow as tf
 
-    clock.mark("import_tensorflow")
-
     tf.config.threading.set_intra_op_parallelism_threads(assignment.cpus)
     tf.config.threading.set_inter_op_parallelism_threads(max(2, assignment.cpus))
     strategy = tf.distribute.MultiWorkerMirroredStrategy(

@@ -6,6 +6,7 @@ model can never be served from a stale cache entry.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -28,15 +29,28 @@ def _cached_model(
     key: str, model_bytes: bytes, custom_objects_bytes: bytes, safe_mode: bool
 ) -> Any:
     if key not in _MODEL_CACHE:
-        os.environ.setdefault(
-            "TF_CPP_MIN_LOG_LEVEL", "2"
-        )  # keep TensorFlow's banner out of task logs
+        with _native_stderr_silenced():  # TensorFlow's import banner would reach the console
+            import keras  # noqa: F401
+
         from sparkeras.serialization import model_from_bytes, objects_from_bytes
 
         _MODEL_CACHE.clear()  # one model per worker process at a time bounds memory
         custom_objects = objects_from_bytes(custom_objects_bytes)
         _MODEL_CACHE[key] = model_from_bytes(model_bytes, custom_objects, safe_mode=safe_mode)
     return _MODEL_CACHE[key]
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null (C++ logging ignores ``sys.stderr``)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def predictor(

@@ -312,5 +312,18 @@ def test_bad_models_are_rejected_on_the_driver(data):
         SparkKerasEstimator(model="not a model")
     with pytest.raises(ValueError, match="No model to train"):
         SparkKerasEstimator().fit(frame)
+    with pytest.raises(ValueError, match=r"numWorkers must be >= 1, got 0"):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=0)
+    with pytest.raises(ValueError, match=r"strategy='allreduce' is not valid.*'mirrored'"):
+        SparkKerasEstimator(model=binary_model(WIDTH), strategy="allreduce")
     with pytest.raises(ValueError, match=r"batchSize=1 is smaller than the 2"):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=1).fit(frame)
+
+
+def test_default_session_runs_executors_on_this_python(spark):
+    import sys
+
+    from sparkeras import get_or_create_session
+
+    assert get_or_create_session() is spark  # an active session is reused
+    assert spark.conf.get("spark.pyspark.python") == sys.executable

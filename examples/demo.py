@@ -78,7 +78,7 @@ def main() -> None:
     print(f"fit() took {time.perf_counter() - started:.1f} s")
 
     scored = fitted.transform(test)
-    auc = BinaryClassificationEvaluator(rawPredictionCol="prediction").evaluate(scored)
+    auc = BinaryClassificationEvaluator().evaluate(scored)  # reads rawPrediction
     print(f"Test AUC (Spark BinaryClassificationEvaluator): {auc:.4f}")
 
     sample = scored.limit(5).toPandas()
@@ -86,7 +86,9 @@ def main() -> None:
         np.stack(sample["features"].map(lambda v: v.toArray())), verbose=0
     )
     print("Spark transform vs. returned Keras model on 5 test rows:")
-    for spark_value, keras_value in zip(sample["prediction"], local.reshape(-1), strict=True):
+    for spark_value, keras_value in zip(
+        sample["probability"].map(lambda v: v[1]), local.reshape(-1), strict=True
+    ):
         print(f"  {spark_value:.6f}  {keras_value:.6f}")
     spark.stop()
 

@@ -6,16 +6,35 @@ from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator
+from pyspark.ml.param import Param, Params
+from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from sparkeras import launch, serialization, validation
 from sparkeras.model import SparkKerasModel
 from sparkeras.params import SparkKerasTrainingParams
+from sparkeras.persistence import SparkKerasReader, SparkKerasWriter
 from sparkeras.plan import TrainingPlan, per_replica_batch_size
 
 
-class SparkKerasEstimator(Estimator, SparkKerasTrainingParams):
+def check_param_map(instance: Params, extra: Any) -> None:
+    """Reject ParamMap keys that are not Params of ``instance`` (Spark would ignore them)."""
+    for key in extra or {}:
+        if not isinstance(key, Param):
+            raise ValueError(
+                f"ParamMap key {key!r} is not a Param; use the estimator's Param objects, e.g. "
+                f"{{estimator.epochs: 3}} instead of {{'epochs': 3}}."
+            )
+        if not instance.hasParam(key.name) or key.parent != instance.uid:
+            raise ValueError(
+                f"ParamMap entry {key.name!r} (of {key.parent}) is not a param of this "
+                f"{type(instance).__name__} ({instance.uid}). Available: "
+                f"{sorted(p.name for p in instance.params)}."
+            )
+
+
+class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLReadable):
     """Train a compiled Keras 3 model on a Spark DataFrame, one TensorFlow process per Spark task.
 
     ``fit`` ships the compiled model (architecture, optimizer and its config, loss, metrics,
@@ -40,11 +59,15 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams):
         featuresCol: str = "features",
         labelCol: str = "label",
         predictionCol: str = "prediction",
+        rawPredictionCol: str = "rawPrediction",
+        probabilityCol: str = "probability",
+        outputMode: str = "auto",
         numWorkers: int = 1,
         strategy: str = "mirrored",
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
+        learningRate: float | None = None,
         validationFraction: float = 0.0,
         callbacks: list | None = None,
         customObjects: dict | None = None,
@@ -64,11 +87,15 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams):
         featuresCol: str = "features",
         labelCol: str = "label",
         predictionCol: str = "prediction",
+        rawPredictionCol: str = "rawPrediction",
+        probabilityCol: str = "probability",
+        outputMode: str = "auto",
         numWorkers: int = 1,
         strategy: str = "mirrored",
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
+        learningRate: float | None = None,
         validationFraction: float = 0.0,
         callbacks: list | None = None,
         customObjects: dict | None = None,
@@ -97,6 +124,18 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams):
         """Set the prediction column of the fitted model."""
         return self._set(predictionCol=value)
 
+    def setRawPredictionCol(self, value: str) -> SparkKerasEstimator:
+        """Set the raw score vector column of the fitted classifier ('' to skip it)."""
+        return self._set(rawPredictionCol=value)
+
+    def setProbabilityCol(self, value: str) -> SparkKerasEstimator:
+        """Set the probability vector column of the fitted classifier ('' to skip it)."""
+        return self._set(probabilityCol=value)
+
+    def setOutputMode(self, value: str) -> SparkKerasEstimator:
+        """Set 'auto', 'classification' or 'regression' for the fitted model's columns."""
+        return self._set(outputMode=value)
+
     def setNumWorkers(self, value: int) -> SparkKerasEstimator:
         """Set the number of training processes (one barrier task each)."""
         return self._set(numWorkers=value)
@@ -116,6 +155,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams):
     def setStepsPerEpoch(self, value: int) -> SparkKerasEstimator:
         """Override the number of steps per epoch."""
         return self._set(stepsPerEpoch=value)
+
+    def setLearningRate(self, value: float) -> SparkKerasEstimator:
+        """Override the compiled optimizer's learning rate."""
+        return self._set(learningRate=value)
 
     def setValidationFraction(self, value: float) -> SparkKerasEstimator:
         """Set the fraction of rows held out for validation."""
@@ -144,6 +187,39 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams):
     def setSafeMode(self, value: bool) -> SparkKerasEstimator:
         """Set Keras safe mode for deserialising the model."""
         return self._set(safeMode=value)
+
+    def fit(self, dataset: DataFrame, params: Any = None) -> Any:
+        """Fit on ``dataset``; ``params`` (a ParamMap or a list of them) must hold only this
+        estimator's Params: Spark would silently ignore others."""
+        for param_map in params if isinstance(params, (list, tuple)) else [params]:
+            check_param_map(self, param_map)
+        return super().fit(dataset, params)
+
+    def write(self) -> SparkKerasWriter:
+        """Writer for ``save``; the Keras model is stored as ``model.keras``."""
+        files = {
+            "custom_objects.pkl": serialization.objects_to_bytes(self.getCustomObjects()),
+            "callbacks.pkl": serialization.objects_to_bytes(self.getCallbacks()),
+        }
+        if self.isDefined(self.model):
+            files["model.keras"] = serialization.model_to_bytes(self.getModel())
+        return SparkKerasWriter(self, files)
+
+    @classmethod
+    def read(cls) -> SparkKerasReader:
+        """Reader for ``load``."""
+        return SparkKerasReader(cls)
+
+    def _load_files(self, files: dict[str, bytes]) -> None:
+        custom_objects = serialization.objects_from_bytes(files["custom_objects.pkl"])
+        self._set(customObjects=custom_objects)
+        self._set(callbacks=serialization.objects_from_bytes(files["callbacks.pkl"]))
+        if "model.keras" in files:
+            self._set(
+                model=serialization.model_from_bytes(
+                    files["model.keras"], custom_objects, safe_mode=self.getSafeMode()
+                )
+            )
 
     def _fit(self, dataset: DataFrame) -> SparkKerasModel:
         plan, training_data = self._plan(dataset)
@@ -206,6 +282,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams):
             seed=self.getOrDefault(self.seed),
             verbose=self.getVerbose(),
             safe_mode=self.getSafeMode(),
+            learning_rate=self.getLearningRate(),
         )
         return plan, data
 

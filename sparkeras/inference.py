@@ -7,6 +7,7 @@ model can never be served from a stale cache entry.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql.types import ArrayType, DoubleType, StructField
 
 from sparkeras.plan import FeatureSpec
 
@@ -31,6 +34,11 @@ def _cached_model(
     if key not in _MODEL_CACHE:
         with _native_stderr_silenced():  # TensorFlow's import banner would reach the console
             import keras  # noqa: F401
+            import tensorflow as tf
+
+        # Each new model in a long-lived Python worker traces its predict function once; TF
+        # counts those traces together and warns about "retracing" that is expected here.
+        tf.get_logger().setLevel("ERROR")
 
         from sparkeras.serialization import model_from_bytes, objects_from_bytes
 
@@ -53,17 +61,74 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """Which prediction columns ``transform`` writes; an empty column name disables that column.
+
+    ``classification`` follows Spark's own classifiers: ``probability`` and ``rawPrediction``
+    vectors and a double ``prediction`` label. A sigmoid output gives ``[1 - p, p]`` and raw
+    scores ``[-logit, logit]``; a softmax output gives its probabilities and their logarithms.
+    ``regression`` writes the model's output as a double (one unit) or an array of doubles.
+    """
+
+    mode: str
+    width: int
+    prediction_col: str
+    raw_prediction_col: str = ""
+    probability_col: str = ""
+
+    def fields(self) -> list[StructField]:
+        """The Spark fields appended to the input schema."""
+        vector_fields = [
+            StructField(name, VectorUDT())
+            for name in (self.raw_prediction_col, self.probability_col)
+            if self.mode == "classification" and name
+        ]
+        if not self.prediction_col:
+            return vector_fields
+        if self.mode == "classification" or self.width == 1:
+            return [*vector_fields, StructField(self.prediction_col, DoubleType())]
+        return [StructField(self.prediction_col, ArrayType(DoubleType(), containsNull=False))]
+
+    def columns(self, outputs: np.ndarray) -> list[pa.Array]:
+        """Arrow arrays for :meth:`fields`, from the model's ``rows x width`` outputs."""
+        if self.mode != "classification":
+            return [_doubles(outputs, self.width)] if self.prediction_col else []
+        if self.width == 1:
+            positive = np.clip(outputs[:, 0], _EPSILON, 1 - _EPSILON)
+            probability = np.stack([1 - positive, positive], axis=1)
+            logit = np.log(positive) - np.log1p(-positive)
+            raw = np.stack([-logit, logit], axis=1)
+        else:
+            probability = outputs
+            raw = np.log(np.clip(outputs, _EPSILON, None))
+        columns = [
+            _dense_vectors(values)
+            for name, values in (
+                (self.raw_prediction_col, raw),
+                (self.probability_col, probability),
+            )
+            if name
+        ]
+        if self.prediction_col:
+            columns.append(pa.array(probability.argmax(axis=1).astype(np.float64), pa.float64()))
+        return columns
+
+
+_EPSILON = 1e-12
+
+
 def predictor(
     model_bytes: bytes,
     custom_objects_bytes: bytes,
     safe_mode: bool,
     features: FeatureSpec,
-    prediction_col: str,
-    prediction_width: int,
+    output: OutputSpec,
     batch_size: int,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """A ``mapInArrow`` function that appends ``prediction_col`` to every batch."""
+    """A ``mapInArrow`` function that appends the ``output`` columns to every batch."""
     key = model_key(model_bytes)
+    names = [field.name for field in output.fields()]
 
     def predict(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from sparkeras.shards import features_to_dense
@@ -71,20 +136,63 @@ def predictor(
         model = _cached_model(key, model_bytes, custom_objects_bytes, safe_mode)
         for batch in batches:
             inputs = features_to_dense(batch.column(features.column), features)
-            outputs = np.zeros((len(inputs), prediction_width))
+            outputs = np.zeros((len(inputs), output.width))
             for start in range(0, len(inputs), batch_size):
-                chunk = model.predict_on_batch(inputs[start : start + batch_size])
-                outputs[start : start + batch_size] = np.asarray(chunk).reshape(
-                    -1, prediction_width
+                chunk = inputs[start : start + batch_size]
+                predicted = model.predict_on_batch(_pad_rows(chunk, batch_size))
+                outputs[start : start + len(chunk)] = np.asarray(predicted)[: len(chunk)].reshape(
+                    -1, output.width
                 )
-            yield batch.append_column(prediction_col, _prediction_array(outputs, prediction_width))
+            for name, column in zip(names, output.columns(outputs), strict=True):
+                batch = batch.append_column(name, column)
+            yield batch
 
     return predict
 
 
-def _prediction_array(outputs: np.ndarray, width: int) -> pa.Array:
-    if width == 1:
-        return pa.array(outputs.reshape(-1), pa.float64())
+def _pad_rows(chunk: np.ndarray, batch_size: int) -> np.ndarray:
+    """Zero-pad to a power of two (at most ``batch_size``) rows.
+
+    Every new input shape retraces Keras' predict function; padding bounds the shapes to
+    log2(batch_size) + 1 of them however Spark sizes its Arrow batches.
+    """
+    rows = min(batch_size, 1 << max(0, len(chunk) - 1).bit_length())
+    if rows == len(chunk):
+        return chunk
+    padded = np.zeros((rows, *chunk.shape[1:]), dtype=chunk.dtype)
+    padded[: len(chunk)] = chunk
+    return padded
+
+
+def _doubles(outputs: np.ndarray, width: int) -> pa.Array:
     flat = pa.array(outputs.reshape(-1), pa.float64())
+    if width == 1:
+        return flat
     offsets = pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, flat)
+
+
+#: Spark's VectorUDT in Arrow: struct<type, size, indices, values>; type 1 is dense.
+_VECTOR_TYPE = pa.struct(
+    [
+        pa.field("type", pa.int8(), nullable=False),
+        pa.field("size", pa.int32()),
+        pa.field("indices", pa.list_(pa.field("element", pa.int32(), nullable=False))),
+        pa.field("values", pa.list_(pa.field("element", pa.float64(), nullable=False))),
+    ]
+)
+
+
+def _dense_vectors(values: np.ndarray) -> pa.Array:
+    rows, width = values.shape
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    flat = pa.array(values.reshape(-1).astype(np.float64), pa.float64())
+    return pa.StructArray.from_arrays(
+        [
+            pa.array(np.ones(rows, dtype=np.int8), pa.int8()),
+            pa.nulls(rows, pa.int32()),
+            pa.nulls(rows, _VECTOR_TYPE.field("indices").type),
+            pa.ListArray.from_arrays(offsets, flat, type=_VECTOR_TYPE.field("values").type),
+        ],
+        fields=list(_VECTOR_TYPE),
+    )

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from pyspark.ml import Model
+from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame
-from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
+from pyspark.sql.types import StructType
 
 from sparkeras import serialization, validation
-from sparkeras.inference import predictor
+from sparkeras.inference import OutputSpec, predictor
 from sparkeras.params import SparkKerasModelParams
+from sparkeras.persistence import SparkKerasReader, SparkKerasWriter, json_bytes
 
 
-class SparkKerasModel(Model, SparkKerasModelParams):
+class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
     """A Keras model trained by :class:`SparkKerasEstimator`.
 
-    ``transform`` appends ``predictionCol`` (a double for one output unit, else an array of
-    doubles), computed in batches on the executors. ``history`` is the chief worker's per-epoch
+    ``transform`` appends prediction columns, computed in Arrow batches on the executors: for
+    classifiers (last layer sigmoid or softmax, or ``outputMode='classification'``) the
+    ``rawPrediction`` and ``probability`` vectors and a double ``prediction`` label, as Spark's
+    own classifiers do; for regressors a double ``prediction`` (an array for several units). ``history`` is the chief worker's per-epoch
     history; ``getKerasModel()`` returns the trained, compiled ``keras.Model``.
 
     Examples
@@ -72,6 +77,32 @@ class SparkKerasModel(Model, SparkKerasModelParams):
             )
         return self._keras_model
 
+    def write(self) -> SparkKerasWriter:
+        """Writer for ``save``: ``model.keras`` loads with plain ``keras.models.load_model``."""
+        training = {"history": self._history, "workerReports": self._worker_reports}
+        return SparkKerasWriter(
+            self,
+            {
+                "model.keras": self._model_bytes,
+                "custom_objects.pkl": self._custom_objects_bytes,
+                "training.json": json_bytes(training),
+            },
+        )
+
+    @classmethod
+    def read(cls) -> SparkKerasReader:
+        """Reader for ``load``; the Keras model is rebuilt lazily, with ``safeMode`` as saved."""
+        return SparkKerasReader(cls)
+
+    def _load_files(self, files: dict[str, bytes]) -> None:
+        training = json.loads(files["training.json"])
+        self._model_bytes = files["model.keras"]
+        self._custom_objects_bytes = files["custom_objects.pkl"]
+        self._set(customObjects=serialization.objects_from_bytes(self._custom_objects_bytes))
+        self._history = training["history"]
+        self._worker_reports = training["workerReports"]
+        self._keras_model = None
+
     def setFeaturesCol(self, value: str) -> SparkKerasModel:
         """Set the features column read by ``transform``."""
         return self._set(featuresCol=value)
@@ -79,6 +110,18 @@ class SparkKerasModel(Model, SparkKerasModelParams):
     def setPredictionCol(self, value: str) -> SparkKerasModel:
         """Set the column ``transform`` writes."""
         return self._set(predictionCol=value)
+
+    def setRawPredictionCol(self, value: str) -> SparkKerasModel:
+        """Set the raw score vector column of classifiers ('' to skip it)."""
+        return self._set(rawPredictionCol=value)
+
+    def setProbabilityCol(self, value: str) -> SparkKerasModel:
+        """Set the probability vector column of classifiers ('' to skip it)."""
+        return self._set(probabilityCol=value)
+
+    def setOutputMode(self, value: str) -> SparkKerasModel:
+        """Set 'auto', 'classification' or 'regression'."""
+        return self._set(outputMode=value)
 
     def setInferenceBatchSize(self, value: int) -> SparkKerasModel:
         """Set the number of rows per model call in ``transform``."""
@@ -88,18 +131,25 @@ class SparkKerasModel(Model, SparkKerasModelParams):
         keras_model = self.getKerasModel()
         features = validation.feature_spec(dataset.schema, self.getFeaturesCol(), keras_model)
         features = dataclasses.replace(features, storage="dense")
-        width = validation.model_output_width(keras_model)
-        output_type = DoubleType() if width == 1 else ArrayType(DoubleType(), containsNull=False)
-        schema = StructType(
-            [*dataset.schema.fields, StructField(self.getPredictionCol(), output_type)]
+        output = OutputSpec(
+            mode=validation.output_mode(keras_model, self.getOutputMode()),
+            width=validation.model_output_width(keras_model),
+            prediction_col=self.getPredictionCol(),
+            raw_prediction_col=self.getRawPredictionCol(),
+            probability_col=self.getProbabilityCol(),
         )
+        existing = [field.name for field in output.fields() if field.name in dataset.columns]
+        if existing:
+            raise ValueError(
+                f"Output column(s) {existing} already exist in the DataFrame; rename them with "
+                "setPredictionCol / setRawPredictionCol / setProbabilityCol, or set '' to skip."
+            )
         predict = predictor(
             self._model_bytes,
             self._custom_objects_bytes,
             self.getSafeMode(),
             features,
-            self.getPredictionCol(),
-            width,
+            output,
             self.getInferenceBatchSize(),
         )
-        return dataset.mapInArrow(predict, schema)
+        return dataset.mapInArrow(predict, StructType([*dataset.schema.fields, *output.fields()]))

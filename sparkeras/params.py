@@ -9,9 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed
+from pyspark.ml.param.shared import (
+    HasFeaturesCol,
+    HasLabelCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasRawPredictionCol,
+    HasSeed,
+)
 
 STRATEGIES = ("mirrored", "parameter_server")
+OUTPUT_MODES = ("auto", "classification", "regression")
 HANDLE_INVALID_OPTIONS = ("error", "skip")
 
 
@@ -32,6 +40,16 @@ def _to_positive_int(name: str):
         converted = TypeConverters.toInt(value)
         if converted < 1:
             raise ValueError(f"{name} must be >= 1, got {converted}.")
+        return converted
+
+    return convert
+
+
+def _to_positive_float(name: str):
+    def convert(value: Any) -> float:
+        converted = TypeConverters.toFloat(value)
+        if not converted > 0:
+            raise ValueError(f"{name} must be > 0, got {converted}.")
         return converted
 
     return convert
@@ -122,14 +140,40 @@ class HasSafeMode(Params):
         return self.getOrDefault(self.safeMode)
 
 
-class _SharedParams(HasFeaturesCol, HasPredictionCol, HasCustomObjects, HasSafeMode):
+class _SharedParams(
+    HasFeaturesCol,
+    HasPredictionCol,
+    HasRawPredictionCol,
+    HasProbabilityCol,
+    HasCustomObjects,
+    HasSafeMode,
+):
     """Params of both the estimator and the fitted model (``_copyValues`` carries them over)."""
+
+    outputMode: Param[str] = Param(
+        Params._dummy(),
+        "outputMode",
+        "prediction columns of transform(): 'classification' (rawPrediction, probability, "
+        "prediction label, like Spark's classifiers), 'regression' (prediction values), or "
+        "'auto' (classification when the last layer is a sigmoid or softmax)",
+        typeConverter=_to_choice("outputMode", OUTPUT_MODES),
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._setDefault(
-            featuresCol="features", predictionCol="prediction", customObjects={}, safeMode=True
+            featuresCol="features",
+            predictionCol="prediction",
+            rawPredictionCol="rawPrediction",
+            probabilityCol="probability",
+            outputMode="auto",
+            customObjects={},
+            safeMode=True,
         )
+
+    def getOutputMode(self) -> str:
+        """Return the output mode of ``transform``."""
+        return self.getOrDefault(self.outputMode)
 
 
 class SparkKerasModelParams(_SharedParams):
@@ -184,6 +228,12 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "training steps per epoch on every worker; by default enough for each worker to see every "
         "row of the largest shard once",
         typeConverter=_to_positive_int("stepsPerEpoch"),
+    )
+    learningRate: Param[float] = Param(
+        Params._dummy(),
+        "learningRate",
+        "learning rate for the compiled optimizer (overrides its own; handy in ParamGridBuilder)",
+        typeConverter=_to_positive_float("learningRate"),
     )
     validationFraction: Param[float] = Param(
         Params._dummy(),
@@ -244,6 +294,10 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     def getStepsPerEpoch(self) -> int | None:
         """Return the steps-per-epoch override, or ``None`` when derived from the data."""
         return self.getOrDefault(self.stepsPerEpoch) if self.isDefined(self.stepsPerEpoch) else None
+
+    def getLearningRate(self) -> float | None:
+        """Return the learning-rate override, or ``None`` to keep the compiled optimizer's."""
+        return self.getOrDefault(self.learningRate) if self.isDefined(self.learningRate) else None
 
     def getValidationFraction(self) -> float:
         """Return the fraction of rows held out for validation."""

@@ -58,6 +58,7 @@ class TrainingPlan:
     seed: int
     verbose: int
     safe_mode: bool
+    learning_rate: float | None = None
 
     def to_json(self) -> str:
         """Serialise for the worker process."""

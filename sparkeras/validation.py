@@ -40,6 +40,11 @@ def check_compiled_model(model: Any) -> None:
             "The model is not compiled. Call model.compile(optimizer=..., loss=..., metrics=...) "
             "before passing it to SparkKerasEstimator."
         )
+    if len(model.outputs) != 1:
+        raise ValueError(
+            f"The model has {len(model.outputs)} outputs; sparkeras trains models with exactly "
+            "one output (one label column). Concatenate the outputs into one layer."
+        )
     if len(model.inputs) != 1:
         raise ValueError(
             f"The model has {len(model.inputs)} inputs; sparkeras feeds one features column, so "
@@ -104,6 +109,16 @@ def feature_spec(schema: StructType, column: str, model: Any) -> FeatureSpec:
         width=width,
         storage="sparse" if model_input_is_sparse(model) else "dense",
     )
+
+
+def output_mode(model: Any, requested: str) -> str:
+    """'classification' or 'regression'; 'auto' looks at the last layer's activation."""
+    if requested != "auto":
+        return requested
+    last = model.layers[-1] if model.layers else None
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", "") or type(last).__name__.lower()
+    return "classification" if name in ("sigmoid", "softmax") else "regression"
 
 
 def model_output_width(model: Any) -> int:

@@ -78,8 +78,8 @@ def test_returned_model_is_the_chiefs_and_user_model_is_untouched(fitted, data):
     # transform predicts what the returned keras model predicts.
     rows = frame.limit(50).toPandas()
     expected = trained.predict(np.stack(rows["features"].to_numpy()).astype("float32"), verbose=0)
-    got = result.transform(frame.limit(50)).toPandas()["prediction"].to_numpy()
-    np.testing.assert_allclose(got, expected.reshape(-1), rtol=1e-5, atol=1e-6)
+    got = result.transform(frame.limit(50)).toPandas()["probability"].map(lambda v: v[1])
+    np.testing.assert_allclose(got.to_numpy(), expected.reshape(-1), rtol=1e-5, atol=1e-6)
 
 
 def test_vector_columns_skewed_partitions_and_sparse_vectors(spark):

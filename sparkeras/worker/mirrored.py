@@ -50,6 +50,8 @@ def train(plan: TrainingPlan, assignment: WorkerAssignment) -> dict[str, Any]:
     register_shipped_objects(custom_objects)
     with strategy.scope():
         model = model_from_bytes(plan.model_bytes, custom_objects, safe_mode=plan.safe_mode)
+        if plan.learning_rate is not None:
+            model.optimizer.learning_rate = plan.learning_rate
     callbacks = objects_from_bytes(plan.callbacks_bytes)
     clock.mark("load_model")
 

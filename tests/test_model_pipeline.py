@@ -1,0 +1,256 @@
+"""SparkKerasModel as a Spark ML citizen: output columns, evaluators, persistence, tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import array_frame, binary_model, separable
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.evaluation import (
+    BinaryClassificationEvaluator,
+    MulticlassClassificationEvaluator,
+    RegressionEvaluator,
+)
+from pyspark.ml.feature import StandardScaler, VectorAssembler
+from pyspark.ml.functions import vector_to_array
+from pyspark.ml.tuning import (
+    CrossValidator,
+    CrossValidatorModel,
+    ParamGridBuilder,
+    TrainValidationSplit,
+)
+
+from sparkeras import SparkKerasEstimator, SparkKerasModel, inference
+
+pytestmark = pytest.mark.spark
+WIDTH = 6
+
+
+@pytest.fixture(scope="module")
+def binary_data(spark):
+    features, labels = separable(800, WIDTH, seed=11)
+    return array_frame(spark, features, labels).cache()
+
+
+@pytest.fixture(scope="module")
+def binary_fitted(binary_data):
+    estimator = SparkKerasEstimator(
+        model=binary_model(WIDTH, learning_rate=0.05), numWorkers=2, epochs=5, batchSize=32
+    )
+    return estimator.fit(binary_data)
+
+
+def test_binary_classifier_columns_work_with_spark_evaluators(binary_fitted, binary_data):
+    scored = binary_fitted.transform(binary_data)
+    assert scored.columns == ["features", "label", "rawPrediction", "probability", "prediction"]
+    assert BinaryClassificationEvaluator().evaluate(scored) > 0.97
+    accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored)
+    assert accuracy > 0.9
+    row = scored.first()
+    assert row.probability[0] + row.probability[1] == pytest.approx(1.0)
+    assert row.prediction == float(row.probability[1] > 0.5)
+    assert np.sign(row.rawPrediction[1]) == np.sign(row.probability[1] - 0.5)
+    # Columns can be renamed or left out.
+    renamed = binary_fitted.copy().setProbabilityCol("").setRawPredictionCol("score")
+    assert renamed.transform(binary_data).columns == ["features", "label", "score", "prediction"]
+
+
+def test_softmax_and_regression_outputs(spark):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 3))
+    classes = np.argmax(x, axis=1).astype(float)
+    frame = spark.createDataFrame(
+        pd.DataFrame({"features": list(x), "label": classes, "target": x @ [1.0, -2.0, 0.5]})
+    )
+    softmax = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, activation="softmax")])
+    softmax.compile(optimizer=keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy")
+    fitted = SparkKerasEstimator(model=softmax, numWorkers=2, epochs=8, batchSize=40).fit(frame)
+    scored = fitted.transform(frame)
+    assert MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored) > 0.85
+    assert MulticlassClassificationEvaluator(metricName="logLoss").evaluate(scored) < 0.6
+
+    linear = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    linear.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    regressor = SparkKerasEstimator(
+        model=linear, labelCol="target", numWorkers=2, epochs=10, batchSize=40
+    ).fit(frame)
+    scored = regressor.transform(frame)
+    assert dict(scored.dtypes)["prediction"] == "double"
+    assert RegressionEvaluator(labelCol="target").evaluate(scored) < 0.2
+
+
+def test_transform_errors(binary_fitted, binary_data):
+    with pytest.raises(ValueError, match=r"features column 'features' is not in the DataFrame"):
+        binary_fitted.transform(binary_data.drop("features"))
+    narrow = binary_data.selectExpr("slice(features, 1, 3) AS features", "label")
+    with pytest.raises(Exception, match=r"width 3, but the model expects 6"):
+        binary_fitted.transform(narrow).collect()
+    with pytest.raises(ValueError, match=r"Output column\(s\) \['probability'\] already exist"):
+        binary_fitted.transform(binary_data.withColumn("probability", binary_data.label))
+
+
+def test_streaming_transform_matches_batch(spark, binary_fitted, binary_data, tmp_path):
+    source = str(tmp_path / "stream-source")
+    binary_data.limit(100).write.parquet(source)
+    stream = spark.readStream.schema(binary_data.schema).parquet(source)
+    query = (
+        binary_fitted.transform(stream)
+        .writeStream.format("memory")
+        .queryName("sparkeras_predictions")
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination(120)
+    streamed = spark.table("sparkeras_predictions").select(vector_to_array("probability")[1])
+    batch = binary_fitted.transform(spark.read.parquet(source)).select(
+        vector_to_array("probability")[1]
+    )
+    assert sorted(r[0] for r in streamed.collect()) == sorted(r[0] for r in batch.collect())
+
+
+def test_model_cache_is_reused_and_keyed_by_content():
+    inference._MODEL_CACHE.clear()
+    from sparkeras import serialization
+
+    first = serialization.model_to_bytes(binary_model(3))
+    second = serialization.model_to_bytes(binary_model(3))
+    objects = serialization.objects_to_bytes({})
+    a = inference._cached_model(inference.model_key(first), first, objects, True)
+    assert inference._cached_model(inference.model_key(first), first, objects, True) is a
+    b = inference._cached_model(inference.model_key(second), second, objects, True)
+    assert b is not a
+    assert list(inference._MODEL_CACHE) == [inference.model_key(second)]
+
+
+def test_estimator_and_model_save_and_load(binary_fitted, binary_data, tmp_path):
+    estimator = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, epochs=3, learningRate=0.02, callbacks=[]
+    )
+    estimator.save(str(tmp_path / "estimator"))
+    loaded = SparkKerasEstimator.load(str(tmp_path / "estimator"))
+    assert loaded.uid == estimator.uid
+    assert (loaded.getEpochs(), loaded.getLearningRate(), loaded.getNumWorkers()) == (3, 0.02, 2)
+    assert loaded.getModel().count_params() == estimator.getModel().count_params()
+
+    path = str(tmp_path / "model")
+    binary_fitted.write().overwrite().save(path)
+    binary_fitted.write().overwrite().save(path)  # overwrite works
+    restored = SparkKerasModel.load(path)
+    assert restored.history == binary_fitted.history
+    expected = binary_fitted.transform(binary_data).select("probability").collect()
+    assert restored.transform(binary_data).select("probability").collect() == expected
+    # The Keras file inside is plain Keras.
+    plain = keras.models.load_model(os.path.join(path, "model.keras"))
+    np.testing.assert_array_equal(plain.get_weights()[0], restored.getKerasModel().get_weights()[0])
+
+    with pytest.raises(
+        ValueError, match=r"holds a sparkeras.model.SparkKerasModel.*SparkKerasModel.load"
+    ):
+        SparkKerasEstimator.load(path)
+    with pytest.raises(ValueError, match=r"holds a sparkeras.estimator.SparkKerasEstimator"):
+        SparkKerasModel.load(str(tmp_path / "estimator"))
+    with pytest.raises(ValueError, match=r"not a saved sparkeras model"):
+        SparkKerasModel.load(str(tmp_path / "nothing-here"))
+
+
+def test_param_maps_with_foreign_or_string_keys_are_rejected(binary_data):
+    estimator = SparkKerasEstimator(model=binary_model(WIDTH))
+    other = SparkKerasEstimator(model=binary_model(WIDTH))
+    with pytest.raises(ValueError, match=r"'epochs' .* is not a param of this SparkKerasEstimator"):
+        estimator.fit(binary_data, {other.epochs: 2})
+    with pytest.raises(ValueError, match=r"ParamMap key 'epochs' is not a Param"):
+        estimator.fit(binary_data, {"epochs": 2})
+
+
+def test_pipeline_cross_validation_and_persistence_in_a_fresh_process(spark, tmp_path):
+    rng = np.random.default_rng(5)
+    raw = rng.normal(loc=50, scale=10, size=(400, WIDTH))
+    labels = ((raw - 50) @ rng.normal(size=WIDTH) > 0).astype(float)
+    frame = spark.createDataFrame(
+        pd.DataFrame(raw, columns=[f"c{i}" for i in range(WIDTH)]).assign(label=labels)
+    ).cache()
+    estimator = SparkKerasEstimator(
+        model=binary_model(WIDTH), featuresCol="scaled", numWorkers=1, batchSize=16
+    )
+    pipeline = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=[f"c{i}" for i in range(WIDTH)], outputCol="assembled"),
+            StandardScaler(inputCol="assembled", outputCol="scaled", withMean=True),
+            estimator,
+        ]
+    )
+    grid = (
+        ParamGridBuilder()
+        .addGrid(estimator.epochs, [1, 6])
+        .addGrid(estimator.learningRate, [0.001, 0.05])
+        .build()
+    )
+    evaluator = BinaryClassificationEvaluator()
+    cv_model = CrossValidator(
+        estimator=pipeline, estimatorParamMaps=grid, evaluator=evaluator, numFolds=2, parallelism=1
+    ).fit(frame)
+    assert len(cv_model.avgMetrics) == 4
+    best = int(np.argmax(cv_model.avgMetrics))
+    assert grid[best][estimator.epochs] == 6  # more training wins on separable data
+    assert max(cv_model.avgMetrics) > 0.9
+    assert "featuresCol: features column name. (default: features, current: scaled)" in (
+        cv_model.bestModel.stages[-1].explainParams()
+    )
+    assert "numWorkers: number of training processes" in estimator.explainParams()
+
+    tvs_model = TrainValidationSplit(
+        estimator=estimator.copy().setFeaturesCol("features").setEpochs(2),
+        estimatorParamMaps=ParamGridBuilder().addGrid(estimator.learningRate, [0.02]).build(),
+        evaluator=evaluator,
+        parallelism=1,
+    ).fit(
+        VectorAssembler(inputCols=[f"c{i}" for i in range(WIDTH)], outputCol="features").transform(
+            frame
+        )
+    )
+    assert len(tvs_model.validationMetrics) == 1
+
+    pipeline_path, cv_path = str(tmp_path / "pipeline"), str(tmp_path / "cv")
+    cv_model.bestModel.save(pipeline_path)
+    cv_model.save(cv_path)
+    reloaded_cv = CrossValidatorModel.load(cv_path)
+    assert reloaded_cv.avgMetrics == cv_model.avgMetrics
+    scored = cv_model.bestModel.transform(frame).select("probability").collect()
+    expected = [list(row.probability) for row in scored]
+    assert [
+        list(r.probability) for r in reloaded_cv.bestModel.transform(frame).collect()
+    ] == expected
+
+    data_path = str(tmp_path / "data")
+    frame.write.parquet(data_path)
+    script = textwrap.dedent(
+        f"""
+        import json, os
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        from pyspark.ml import PipelineModel
+        from sparkeras import get_or_create_session
+        spark = get_or_create_session("local[2]", config={{"spark.ui.enabled": "false"}})
+        frame = spark.read.parquet({data_path!r})
+        model = PipelineModel.load({pipeline_path!r})
+        rows = model.transform(frame).select("c0", "probability").collect()
+        print("RESULT" + json.dumps({{r.c0: list(r.probability) for r in rows}}))
+        spark.stop()
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT"))
+    fresh = json.loads(line[len("RESULT") :])
+    in_process = cv_model.bestModel.transform(frame).select("c0", "probability").collect()
+    assert {str(r.c0): list(r.probability) for r in in_process} == fresh  # bit-identical
+    assert isinstance(PipelineModel.load(pipeline_path).stages[-1], SparkKerasModel)

@@ -39,6 +39,7 @@ def _cached_model(
         # Each new model in a long-lived Python worker traces its predict function once; TF
         # counts those traces together and warns about "retracing" that is expected here.
         tf.get_logger().setLevel("ERROR")
+        _limit_threads_to_task(tf)
 
         from sparkeras.serialization import model_from_bytes, objects_from_bytes
 
@@ -46,6 +47,20 @@ def _cached_model(
         custom_objects = objects_from_bytes(custom_objects_bytes)
         _MODEL_CACHE[key] = model_from_bytes(model_bytes, custom_objects, safe_mode=safe_mode)
     return _MODEL_CACHE[key]
+
+
+def _limit_threads_to_task(tf: Any) -> None:
+    """Use the task's CPUs: several Python workers share an executor's cores."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(context.cpus())
+        tf.config.threading.set_inter_op_parallelism_threads(context.cpus())
+    except RuntimeError:  # TensorFlow already ran in this Python worker; keep its pools
+        pass
 
 
 @contextlib.contextmanager
@@ -76,9 +91,23 @@ class OutputSpec:
     prediction_col: str
     raw_prediction_col: str = ""
     probability_col: str = ""
+    #: Multi-output models ("multi_output" mode): one array column per output,
+    #: ``{prediction_col}_{name}``.
+    output_names: tuple[str, ...] = ()
+    output_widths: tuple[int, ...] = ()
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Width of each model output."""
+        return self.output_widths if self.mode == "multi_output" else (self.width,)
 
     def fields(self) -> list[StructField]:
         """The Spark fields appended to the input schema."""
+        if self.mode == "multi_output":
+            return [
+                StructField(f"{self.prediction_col}_{name}", ArrayType(DoubleType(), False))
+                for name in self.output_names
+            ]
         vector_fields = [
             StructField(name, VectorUDT())
             for name in (self.raw_prediction_col, self.probability_col)
@@ -90,8 +119,11 @@ class OutputSpec:
             return [*vector_fields, StructField(self.prediction_col, DoubleType())]
         return [StructField(self.prediction_col, ArrayType(DoubleType(), containsNull=False))]
 
-    def columns(self, outputs: np.ndarray) -> list[pa.Array]:
-        """Arrow arrays for :meth:`fields`, from the model's ``rows x width`` outputs."""
+    def columns(self, outputs_per_head: list[np.ndarray]) -> list[pa.Array]:
+        """Arrow arrays for :meth:`fields`, from each model output's ``rows x width`` values."""
+        if self.mode == "multi_output":
+            return [_doubles(values, values.shape[1], as_lists=True) for values in outputs_per_head]
+        outputs = outputs_per_head[0]
         if self.mode != "classification":
             return [_doubles(outputs, self.width)] if self.prediction_col else []
         if self.width == 1:
@@ -136,13 +168,17 @@ def predictor(
         model = _cached_model(key, model_bytes, custom_objects_bytes, safe_mode)
         for batch in batches:
             inputs = features_to_dense(batch.column(features.column), features)
-            outputs = np.zeros((len(inputs), output.width))
+            outputs = [np.zeros((len(inputs), width)) for width in output.widths]
             for start in range(0, len(inputs), batch_size):
                 chunk = inputs[start : start + batch_size]
                 predicted = model.predict_on_batch(_pad_rows(chunk, batch_size))
-                outputs[start : start + len(chunk)] = np.asarray(predicted)[: len(chunk)].reshape(
-                    -1, output.width
-                )
+                if isinstance(predicted, dict):
+                    predicted = [predicted[name] for name in output.output_names]
+                heads = predicted if isinstance(predicted, (list, tuple)) else [predicted]
+                for values, head, width in zip(outputs, heads, output.widths, strict=True):
+                    values[start : start + len(chunk)] = np.asarray(head)[: len(chunk)].reshape(
+                        -1, width
+                    )
             for name, column in zip(names, output.columns(outputs), strict=True):
                 batch = batch.append_column(name, column)
             yield batch
@@ -164,9 +200,9 @@ def _pad_rows(chunk: np.ndarray, batch_size: int) -> np.ndarray:
     return padded
 
 
-def _doubles(outputs: np.ndarray, width: int) -> pa.Array:
+def _doubles(outputs: np.ndarray, width: int, as_lists: bool = False) -> pa.Array:
     flat = pa.array(outputs.reshape(-1), pa.float64())
-    if width == 1:
+    if width == 1 and not as_lists:
         return flat
     offsets = pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, flat)

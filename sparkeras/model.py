@@ -23,7 +23,8 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
     ``transform`` appends prediction columns, computed in Arrow batches on the executors: for
     classifiers (last layer sigmoid or softmax, or ``outputMode='classification'``) the
     ``rawPrediction`` and ``probability`` vectors and a double ``prediction`` label, as Spark's
-    own classifiers do; for regressors a double ``prediction`` (an array for several units). ``history`` is the chief worker's per-epoch
+    own classifiers do; for regressors a double ``prediction`` (an array for several units);
+    for multi-output models one array column per output, ``prediction_<output name>``. ``history`` is the chief worker's per-epoch
     history; ``getKerasModel()`` returns the trained, compiled ``keras.Model``.
 
     Examples
@@ -57,6 +58,28 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
         fitted._history = history
         fitted._worker_reports = worker_reports
         return fitted
+
+    @classmethod
+    def fromKerasModel(cls, model: Any, customObjects: dict | None = None) -> SparkKerasModel:
+        """Wrap an already trained ``keras.Model`` for batched inference on Spark.
+
+        Examples
+        --------
+        >>> scored = SparkKerasModel.fromKerasModel(trained).transform(df)  # doctest: +SKIP
+        """
+        custom_objects = {
+            **serialization.registered_objects_used(
+                model_bytes := serialization.model_to_bytes(model)
+            ),
+            **(customObjects or {}),
+        }
+        fitted = cls._from_training(
+            model_bytes=model_bytes,
+            custom_objects_bytes=serialization.objects_to_bytes(custom_objects),
+            history={},
+            worker_reports=[],
+        )
+        return fitted._set(customObjects=custom_objects)
 
     @property
     def history(self) -> dict[str, list[float]]:
@@ -131,12 +154,17 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
         keras_model = self.getKerasModel()
         features = validation.feature_spec(dataset.schema, self.getFeaturesCol(), keras_model)
         features = dataclasses.replace(features, storage="dense")
+        multi_output = len(keras_model.outputs) > 1
         output = OutputSpec(
-            mode=validation.output_mode(keras_model, self.getOutputMode()),
+            mode="multi_output"
+            if multi_output
+            else validation.output_mode(keras_model, self.getOutputMode()),
             width=validation.model_output_width(keras_model),
             prediction_col=self.getPredictionCol(),
             raw_prediction_col=self.getRawPredictionCol(),
             probability_col=self.getProbabilityCol(),
+            output_names=tuple(keras_model.output_names) if multi_output else (),
+            output_widths=tuple(int(out.shape[-1] or 1) for out in keras_model.outputs),
         )
         existing = [field.name for field in output.fields() if field.name in dataset.columns]
         if existing:

@@ -254,3 +254,15 @@ def test_pipeline_cross_validation_and_persistence_in_a_fresh_process(spark, tmp
     in_process = cv_model.bestModel.transform(frame).select("c0", "probability").collect()
     assert {str(r.c0): list(r.probability) for r in in_process} == fresh  # bit-identical
     assert isinstance(PipelineModel.load(pipeline_path).stages[-1], SparkKerasModel)
+
+
+def test_multi_output_models_give_one_array_column_per_output(spark):
+    inputs = keras.Input((3,))
+    total = keras.layers.Dense(1, name="total")(inputs)
+    pair = keras.layers.Dense(2, name="pair")(inputs)
+    model = keras.Model(inputs, [total, pair])
+    frame = spark.createDataFrame([([1.0, 2.0, 3.0],), ([0.0, -1.0, 0.5],)], ["features"])
+    scored = SparkKerasModel.fromKerasModel(model).transform(frame).collect()
+    expected_total, expected_pair = model.predict(np.array([[1, 2, 3], [0, -1, 0.5]]), verbose=0)
+    np.testing.assert_allclose([r.prediction_total for r in scored], expected_total, rtol=1e-6)
+    np.testing.assert_allclose([r.prediction_pair for r in scored], expected_pair, rtol=1e-6)

@@ -1,0 +1,105 @@
+"""Rows/second of SparkKerasModel.transform against plain model.predict and predict_batch_udf.
+
+Workload (issue #3): 1,000,000 rows x 100 float features, MLP 100-64-1, local[2]; each Spark
+variant runs transform + a full write to the "noop" sink from a cached DataFrame. The baseline is
+``model.predict`` on a float32 numpy array of the same shape in the driver process. Run from the
+repo root:
+
+    .venv/bin/python benchmarks/bench_transform.py          # 1,000,000 rows
+    .venv/bin/python benchmarks/bench_transform.py --quick  # 100,000 rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+
+def timed(action) -> float:
+    """Seconds of the second of two runs: the first pays the Python workers' TensorFlow import."""
+    action()
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 rows")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1024, help="rows per model call, everywhere")
+    args = parser.parse_args()
+    rows, width = (100_000 if args.quick else args.rows), 100
+
+    import keras
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType
+
+    from sparkeras import SparkKerasModel, get_or_create_session
+    from sparkeras.serialization import model_from_bytes, model_to_bytes
+
+    spark = get_or_create_session(
+        "local[2]", config={"spark.ui.enabled": "false", "spark.driver.memory": "4g"}
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    frame = (
+        spark.range(rows, numPartitions=4)
+        .select(F.array(*[F.rand(seed) for seed in range(width)]).alias("features"))
+        .cache()
+    )
+    frame.count()
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((width,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    matrix = np.random.default_rng(0).random((rows, width), dtype=np.float32)
+
+    fitted = SparkKerasModel.fromKerasModel(model).setInferenceBatchSize(args.batch)
+    sparkeras_seconds = timed(
+        lambda: fitted.transform(frame).write.format("noop").mode("overwrite").save()
+    )
+
+    model_bytes = model_to_bytes(model)
+
+    def make_predict_fn():
+        loaded = model_from_bytes(model_bytes)
+        return lambda inputs: loaded.predict_on_batch(inputs).reshape(-1)
+
+    udf = predict_batch_udf(
+        make_predict_fn,
+        return_type=DoubleType(),
+        batch_size=args.batch,
+        input_tensor_shapes=[[width]],
+    )
+    udf_seconds = timed(
+        lambda: (
+            frame.withColumn("prediction", udf("features"))
+            .write.format("noop")
+            .mode("overwrite")
+            .save()
+        )
+    )
+    numpy_seconds = timed(lambda: model.predict(matrix, batch_size=args.batch, verbose=0))
+
+    print(f"rows={rows} width={width} batch={args.batch}")
+    for name, seconds in [
+        ("sparkeras transform", sparkeras_seconds),
+        ("predict_batch_udf", udf_seconds),
+        ("model.predict (numpy)", numpy_seconds),
+    ]:
+        print(f"{name:24s} {seconds:7.2f} s  {rows / seconds:12,.0f} rows/s")
+    print(f"sparkeras / model.predict throughput: {numpy_seconds / sparkeras_seconds:.2f}")
+    print(f"sparkeras / predict_batch_udf throughput: {udf_seconds / sparkeras_seconds:.2f}")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

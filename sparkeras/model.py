@@ -11,8 +11,8 @@ from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
 
-from sparkeras import serialization, validation
-from sparkeras.inference import OutputSpec, predictor
+from sparkeras import inference, serialization, validation
+from sparkeras.inference import OutputSpec
 from sparkeras.params import SparkKerasModelParams
 from sparkeras.persistence import SparkKerasReader, SparkKerasWriter, json_bytes
 
@@ -172,7 +172,7 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
                 f"Output column(s) {existing} already exist in the DataFrame; rename them with "
                 "setPredictionCol / setRawPredictionCol / setProbabilityCol, or set '' to skip."
             )
-        predict = predictor(
+        arguments = (
             self._model_bytes,
             self._custom_objects_bytes,
             self.getSafeMode(),
@@ -180,4 +180,7 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
             output,
             self.getInferenceBatchSize(),
         )
-        return dataset.mapInArrow(predict, StructType([*dataset.schema.fields, *output.fields()]))
+        if inference.HAS_ARROW_UDF:
+            return dataset.select("*", *inference.prediction_columns(*arguments))
+        schema = StructType([*dataset.schema.fields, *output.fields()])
+        return dataset.mapInArrow(inference.predictor(*arguments), schema)

@@ -266,3 +266,13 @@ def test_multi_output_models_give_one_array_column_per_output(spark):
     expected_total, expected_pair = model.predict(np.array([[1, 2, 3], [0, -1, 0.5]]), verbose=0)
     np.testing.assert_allclose([r.prediction_total for r in scored], expected_total, rtol=1e-6)
     np.testing.assert_allclose([r.prediction_pair for r in scored], expected_pair, rtol=1e-6)
+
+
+def test_map_in_arrow_path_for_older_spark_gives_the_same_columns(
+    binary_fitted, binary_data, monkeypatch
+):
+    expected = binary_fitted.transform(binary_data).collect()  # Arrow UDF path (PySpark >= 4.1)
+    monkeypatch.setattr(inference, "HAS_ARROW_UDF", False)
+    fallback = binary_fitted.transform(binary_data)
+    assert fallback.columns == ["features", "label", "rawPrediction", "probability", "prediction"]
+    assert fallback.collect() == expected

@@ -2,8 +2,8 @@
 
 Workload (issue #3): 1,000,000 rows x 100 float features, MLP 100-64-1, local[2]; each Spark
 variant runs transform + a full write to the "noop" sink from a cached DataFrame. The baseline is
-``model.predict`` on a float32 numpy array of the same shape in the driver process. Run from the
-repo root:
+``model.predict`` on a float32 numpy array of the same shape in the driver process. Each variant
+is run once to warm up, then the best of three runs counts. Run from the repo root:
 
     .venv/bin/python benchmarks/bench_transform.py          # 1,000,000 rows
     .venv/bin/python benchmarks/bench_transform.py --quick  # 100,000 rows
@@ -20,12 +20,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 
 
-def timed(action) -> float:
-    """Seconds of the second of two runs: the first pays the Python workers' TensorFlow import."""
+def timed(action, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed runs after one warm-up run (which pays the Python workers'
+    TensorFlow import); the best run is the least disturbed by other work on the machine."""
     action()
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def main() -> None:

@@ -261,10 +261,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             data = data.dropna()
 
         model_bytes = serialization.model_to_bytes(model)
-        custom_objects = {
-            **serialization.registered_objects_used(model_bytes),
-            **self.getCustomObjects(),
-        }
+        custom_objects = serialization.custom_objects_to_ship(model_bytes, self.getCustomObjects())
         # Rebuilding here turns "unknown layer" surprises on the executors into a driver error.
         serialization.model_from_bytes(model_bytes, custom_objects, safe_mode=self.getSafeMode())
         plan = TrainingPlan(

@@ -98,55 +98,55 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
 
         context = BarrierTaskContext.get()
         rank = context.partitionId()
-        stack = contextlib.ExitStack()
         task_dir = tempfile.mkdtemp(prefix=f"sparkeras-task{rank}-")
         started = time.time()
         try:
             # Started first: TensorFlow's imports overlap the shard writing and the rendezvous.
-            worker = stack.enter_context(contextlib.closing(_WorkerProcess(task_dir)))
-            shard_dir = os.path.join(task_dir, "shard")
-            try:
-                rows = write_shard(batches, shard_dir, features, label)
-                error = None
-            except ValueError as shard_error:  # reported after the rendezvous, by every task
-                rows, error = 0, f"{type(shard_error).__name__}: {shard_error}"
-            executor = context.getTaskInfos()[rank].address
-            host = executor.rsplit(":", 1)[0]
-            message = json.dumps(
-                {"address": f"{host}:{_free_port()}", "rows": rows, "error": error}
-            )
-            shard_written = time.time()
-            peers = [json.loads(peer) for peer in context.allGather(message)]
-            rendezvous_done = time.time()
-            _check_rendezvous(peers, num_workers, rank)
-            assignment = WorkerAssignment(
-                rank=rank,
-                addresses=[peer["address"] for peer in peers],
-                shard_rows=[peer["rows"] for peer in peers],
-                shard_dir=shard_dir,
-                result_dir=task_dir,
-                cpus=context.cpus(),
-                executor=executor,
-            )
-            with open(os.path.join(task_dir, "plan.json"), "w") as file:
-                file.write(plan_json)
-            with open(os.path.join(task_dir, "assignment.json"), "w") as file:
-                file.write(assignment.to_json())
-            worker.run(rank)
-            with open(os.path.join(task_dir, "report.json")) as file:
-                report = json.load(file)
-            report["task_seconds"] = {
-                "write_shard": round(shard_written - started, 4),
-                "rendezvous": round(rendezvous_done - shard_written, 4),
-                "worker_process": round(time.time() - rendezvous_done, 4),
-            }
-            yield _result_batch(rank, "report", [json.dumps(report).encode()])
-            if rank == 0:
-                with open(os.path.join(task_dir, "model.keras"), "rb") as file:
-                    chunks = iter(lambda: file.read(CHUNK_BYTES), b"")
-                    yield _result_batch(rank, "model", list(chunks))
+            with contextlib.closing(_WorkerProcess(task_dir)) as worker:
+                shard_dir = os.path.join(task_dir, "shard")
+                try:
+                    rows = write_shard(batches, shard_dir, features, label)
+                    error = None
+                except ValueError as shard_error:  # reported after the rendezvous, by every task
+                    rows, error = 0, f"{type(shard_error).__name__}: {shard_error}"
+                executor = context.getTaskInfos()[rank].address
+                host = executor.rsplit(":", 1)[0]
+                message = json.dumps(
+                    {"address": f"{host}:{_free_port()}", "rows": rows, "error": error}
+                )
+                shard_written = time.time()
+                peers = [json.loads(peer) for peer in context.allGather(message)]
+                rendezvous_done = time.time()
+                _check_rendezvous(peers, num_workers, rank)
+                assignment = WorkerAssignment(
+                    rank=rank,
+                    addresses=[peer["address"] for peer in peers],
+                    shard_rows=[peer["rows"] for peer in peers],
+                    shard_dir=shard_dir,
+                    result_dir=task_dir,
+                    cpus=context.cpus(),
+                    executor=executor,
+                )
+                with open(os.path.join(task_dir, "plan.json"), "w") as file:
+                    file.write(plan_json)
+                with open(os.path.join(task_dir, "assignment.json"), "w") as file:
+                    file.write(assignment.to_json())
+                worker.run(rank)
+                with open(os.path.join(task_dir, "report.json")) as file:
+                    report = json.load(file)
+                report["task_seconds"] = {
+                    "write_shard": round(shard_written - started, 4),
+                    "rendezvous": round(rendezvous_done - shard_written, 4),
+                    "worker_process": round(time.time() - rendezvous_done, 4),
+                }
+                yield _result_batch(rank, "report", json.dumps(report).encode())
+                if rank == 0:
+                    # One small Arrow batch per chunk: a multi-GB model never becomes one value.
+                    with open(os.path.join(task_dir, "model.keras"), "rb") as file:
+                        chunks = iter(lambda: file.read(CHUNK_BYTES), b"")
+                        for seq, chunk in enumerate(chunks):
+                            yield _result_batch(rank, "model", chunk, seq)
         finally:
-            stack.close()
             shutil.rmtree(task_dir, ignore_errors=True)
 
     try:
@@ -253,13 +253,13 @@ def _describe_failure(task_dir: str, rank: int, exit_code: int, log_path: str) -
     return f"Training worker {rank} failed.\n{cause}\n--- last lines of worker {rank}'s log ---\n{tail}"
 
 
-def _result_batch(rank: int, kind: str, payloads: list[bytes]) -> pa.RecordBatch:
+def _result_batch(rank: int, kind: str, payload: bytes, seq: int = 0) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(
         {
-            "rank": pa.array([rank] * len(payloads), pa.int32()),
-            "kind": pa.array([kind] * len(payloads), pa.string()),
-            "seq": pa.array(range(len(payloads)), pa.int32()),
-            "payload": pa.array(payloads, pa.binary()),
+            "rank": pa.array([rank], pa.int32()),
+            "kind": pa.array([kind], pa.string()),
+            "seq": pa.array([seq], pa.int32()),
+            "payload": pa.array([payload], pa.binary()),
         }
     )
 

@@ -24,8 +24,9 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
     classifiers (last layer sigmoid or softmax, or ``outputMode='classification'``) the
     ``rawPrediction`` and ``probability`` vectors and a double ``prediction`` label, as Spark's
     own classifiers do; for regressors a double ``prediction`` (an array for several units);
-    for multi-output models one array column per output, ``prediction_<output name>``. ``history`` is the chief worker's per-epoch
-    history; ``getKerasModel()`` returns the trained, compiled ``keras.Model``.
+    for multi-output models one array column per output, ``prediction_<output name>``.
+    ``history`` is the chief worker's per-epoch history; ``getKerasModel()`` returns the trained,
+    compiled ``keras.Model``.
 
     Examples
     --------
@@ -67,12 +68,8 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
         --------
         >>> scored = SparkKerasModel.fromKerasModel(trained).transform(df)  # doctest: +SKIP
         """
-        custom_objects = {
-            **serialization.registered_objects_used(
-                model_bytes := serialization.model_to_bytes(model)
-            ),
-            **(customObjects or {}),
-        }
+        model_bytes = serialization.model_to_bytes(model)
+        custom_objects = serialization.custom_objects_to_ship(model_bytes, customObjects or {})
         fitted = cls._from_training(
             model_bytes=model_bytes,
             custom_objects_bytes=serialization.objects_to_bytes(custom_objects),

@@ -104,12 +104,17 @@ def _first_line(message: str, limit: int = 500) -> str:
     return line[:limit]
 
 
-def registered_objects_used(data: bytes) -> dict[str, Any]:
-    """Objects from Keras' global custom-object registry that a serialised model refers to.
+def custom_objects_to_ship(data: bytes, user_objects: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's custom objects plus the registered ones the serialised model refers to.
 
-    They are registered in the driver's process only; shipping them by value lets executors
-    rebuild the model without importing the module that registered them.
+    Registered objects live in the driver's Keras registry only; shipping them by value lets
+    executors rebuild the model without importing the module that registered them.
     """
+    return {**_registered_objects_used(data), **user_objects}
+
+
+def _registered_objects_used(data: bytes) -> dict[str, Any]:
+    """Objects from Keras' global custom-object registry that a serialised model refers to."""
     import io
 
     import keras

@@ -1,12 +1,12 @@
 """Entry point of one task's TensorFlow process: ``python -m sparkeras.worker TASK_DIR``.
 
 ``TASK_DIR`` holds ``plan.json`` and ``assignment.json`` written by ``sparkeras.launch``. The
-process writes ``report.json`` on success, or ``error.txt`` (the traceback) and exits with 1.
+process writes ``report.json`` and exits with 0 when training ends, or writes ``error.txt`` (the
+traceback) and exits with 1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -19,7 +19,10 @@ ERROR_FILE = "error.txt"
 
 
 def main(task_dir: str) -> int:
-    """Run the worker described in ``task_dir``; return the process exit code."""
+    """Run the worker described in ``task_dir``; the process ends when training does.
+
+    Returns the exit code only when the task ended early or training failed.
+    """
     started = time.perf_counter()
     try:
         # Imported while the Spark task still writes the shard (importing runs no TF op, so
@@ -29,28 +32,21 @@ def main(task_dir: str) -> int:
 
         from sparkeras.worker import mirrored
 
-        imported = time.perf_counter()
+        clock = mirrored.PhaseClock(started)
+        clock.mark("import_tensorflow")
         if sys.stdin.readline().strip() != "go":
             return 1  # the task ended before the rendezvous; nothing to report
-        waited = time.perf_counter()
+        clock.mark("wait_for_rendezvous")
         with open(os.path.join(task_dir, "plan.json")) as file:
             plan = TrainingPlan.from_json(file.read())
         with open(os.path.join(task_dir, "assignment.json")) as file:
             assignment = WorkerAssignment.from_json(file.read())
-        report = mirrored.train(plan, assignment)
-        report["seconds"] = {
-            "import_tensorflow": round(imported - started, 4),
-            "wait_for_rendezvous": round(waited - imported, 4),
-            **report["seconds"],
-        }
+        mirrored.train(plan, assignment, clock, os.path.join(task_dir, REPORT_FILE))
     except BaseException:
         with open(os.path.join(task_dir, ERROR_FILE), "w") as file:
             file.write(traceback.format_exc())
         traceback.print_exc()
-        return 1
-    with open(os.path.join(task_dir, REPORT_FILE), "w") as file:
-        json.dump(report, file)
-    return 0
+    return 1
 
 
 if __name__ == "__main__":

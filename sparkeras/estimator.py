@@ -9,9 +9,8 @@ from pyspark.ml import Estimator
 from pyspark.ml.param import Param, Params
 from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
-from sparkeras import launch, serialization, validation
+from sparkeras import launch, partitioning, serialization, validation
 from sparkeras.model import SparkKerasModel
 from sparkeras.params import SparkKerasTrainingParams
 from sparkeras.persistence import SparkKerasReader, SparkKerasWriter
@@ -222,12 +221,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             )
 
     def _fit(self, dataset: DataFrame) -> SparkKerasModel:
-        plan, training_data = self._plan(dataset)
+        plan, shards = self._plan(dataset)
         launch.check_task_slots(dataset.sparkSession, plan.num_workers)
-        # Range-partitioning on a random key balances the shards (skewed or too few input
-        # partitions) and mixes rows, so no worker gets only one class of a sorted DataFrame.
-        # (coalesce would be cheaper for one worker, but barrier stages reject it.)
-        shards = training_data.repartitionByRange(plan.num_workers, F.rand(plan.seed))
         result = launch.run_training(shards, plan)
         fitted = SparkKerasModel._from_training(
             model_bytes=result.model_bytes,
@@ -239,7 +234,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         return self._copyValues(fitted)
 
     def _plan(self, dataset: DataFrame) -> tuple[TrainingPlan, DataFrame]:
-        """Every driver-side check and decision; returns the plan and the rows to train on."""
+        """Every driver-side check and decision; returns the plan and the sharded rows."""
         if not self.isDefined(self.model):
             raise ValueError("No model to train: pass model=<compiled keras.Model>.")
         if self.getStrategy() != "mirrored":
@@ -256,7 +251,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         )
         data = dataset.select(features.column, label.column)
         stats = validation.collect_data_stats(data, features, label)
-        validation.check_data(stats, features, label, self.getHandleInvalid(), num_workers)
+        rows = validation.check_data(stats, features, label, self.getHandleInvalid(), num_workers)
         if stats.invalid_rows:  # handleInvalid == "skip"
             data = data.dropna()
 
@@ -281,7 +276,9 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             safe_mode=self.getSafeMode(),
             learning_rate=self.getLearningRate(),
         )
-        return plan, data
+        # Balanced, mixed shards whatever the input partitioning (skewed, too few partitions,
+        # sorted by label); coalesce would be cheaper for one worker, but barrier stages reject it.
+        return plan, partitioning.shard_rows(data, num_workers, rows, plan.seed)
 
     def _print_history(self, history: dict[str, list[float]]) -> None:
         if self.getVerbose() < 1 or not history:

@@ -59,3 +59,11 @@ def test_plan_and_assignment_survive_json():
         "cluster": {"worker": ["a:1", "b:2"]},
         "task": {"type": "worker", "index": 1},
     }
+
+
+def test_partition_keys_cover_every_partition():
+    from sparkeras.partitioning import partition_keys, spark_hash_int
+
+    for partitions in (1, 2, 3, 8):
+        keys = partition_keys(partitions)
+        assert sorted(spark_hash_int(key) % partitions for key in keys) == list(range(partitions))

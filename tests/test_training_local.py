@@ -218,13 +218,16 @@ def test_callbacks_and_early_stopping_end_all_workers_together(data):
     assert result.history["marker"] == [0.0, 10.0]
 
 
-def test_repeated_fits_in_one_session(data):
+def test_repeated_fits_in_one_session_are_reproducible(data):
     _, _, frame = data
     estimator = SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, epochs=2, batchSize=64)
-    for _ in range(2):  # with the module's earlier fits, the session has run many barrier stages
-        result = estimator.fit(frame)
-        assert result.history["accuracy"][-1] >= 0.85
-        assert sum(report["train_rows"] for report in result.workerReports) == 2000
+    # With the module's earlier fits, the session has run many barrier stages by now.
+    first, second = estimator.fit(frame), estimator.fit(frame)
+    assert first.history["accuracy"][-1] >= 0.85
+    assert sum(report["train_rows"] for report in first.workerReports) == 2000
+    # Same seed, same shards, same starting weights: the same training.
+    assert second.history == first.history
+    assert second.workerReports[0]["weights_sha256"] == first.workerReports[0]["weights_sha256"]
 
 
 def test_a_failing_worker_fails_fast_with_its_traceback(data):
@@ -327,3 +330,20 @@ def test_default_session_runs_executors_on_this_python(spark):
 
     assert get_or_create_session() is spark  # an active session is reused
     assert spark.conf.get("spark.pyspark.python") == sys.executable
+
+
+def test_python_hash_matches_spark_and_shards_are_balanced_and_reproducible(spark, data):
+    from pyspark.sql import functions as F
+
+    from sparkeras.partitioning import shard_rows, spark_hash_int
+
+    values = [0, 1, 2, 7, -5, 123456, 2**31 - 1, -(2**31)]
+    frame = spark.createDataFrame([(v,) for v in values], "v int")
+    assert [r[0] for r in frame.select(F.hash("v")).collect()] == [
+        spark_hash_int(v) for v in values
+    ]
+    _, _, training_frame = data
+    first = shard_rows(training_frame, 2, 2000, seed=1).rdd.glom().map(len).collect()
+    again = shard_rows(training_frame, 2, 2000, seed=1).rdd.glom().map(len).collect()
+    assert first == again
+    assert sum(first) == 2000 and min(first) > 900

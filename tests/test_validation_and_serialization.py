@@ -112,7 +112,9 @@ def test_safe_mode_refuses_lambda_layers_unless_opted_out():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2.0)])
     model.compile(optimizer="sgd", loss="mse")
     data = serialization.model_to_bytes(model)
-    with pytest.raises(serialization.ModelSerializationError, match=r"(?s)safe mode.*safeMode=False"):
+    with pytest.raises(
+        serialization.ModelSerializationError, match=r"(?s)safe mode.*safeMode=False"
+    ):
         serialization.model_from_bytes(data)
     rebuilt = serialization.model_from_bytes(data, safe_mode=False)
     assert float(rebuilt(np.ones((1, 2), dtype="float32"))[0, 0]) == 2.0

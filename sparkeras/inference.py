@@ -166,90 +166,90 @@ class OutputSpec:
 _EPSILON = 1e-12
 
 
-def predictor(
-    model_bytes: bytes,
-    custom_objects_bytes: bytes,
-    safe_mode: bool,
-    features: FeatureSpec,
-    output: OutputSpec,
-    batch_size: int,
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """A ``mapInArrow`` function that appends the ``output`` columns to every batch.
+@dataclasses.dataclass(frozen=True)
+class BatchPredictor:
+    """Everything an executor needs to predict, as plain values shipped in the task closure."""
 
-    Used where Spark has no Arrow UDFs (before 4.1); see :func:`prediction_columns`.
-    """
-    key = model_key(model_bytes)
-    names = [field.name for field in output.fields()]
+    model_bytes: bytes
+    custom_objects_bytes: bytes
+    safe_mode: bool
+    features: FeatureSpec
+    output: OutputSpec
+    batch_size: int
 
-    def predict(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model = _cached_model(key, model_bytes, custom_objects_bytes, safe_mode)
-        for batch in batches:
-            outputs = _predict(model, batch.column(features.column), features, output, batch_size)
-            for name, column in zip(names, output.columns(outputs), strict=True):
-                batch = batch.append_column(name, column)
-            yield batch
+    def _model(self) -> Any:
+        return _cached_model(
+            model_key(self.model_bytes), self.model_bytes, self.custom_objects_bytes, self.safe_mode
+        )
 
-    return predict
+    def map_in_arrow_function(
+        self,
+    ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+        """A ``mapInArrow`` function that appends the output columns to every batch.
 
+        Used where Spark has no Arrow UDFs (before 4.1); see :meth:`columns`.
+        """
+        names = [field.name for field in self.output.fields()]
 
-def prediction_columns(
-    model_bytes: bytes,
-    custom_objects_bytes: bytes,
-    safe_mode: bool,
-    features: FeatureSpec,
-    output: OutputSpec,
-    batch_size: int,
-) -> list[Column]:
-    """The ``output`` columns as expressions over one Arrow UDF on the features column.
+        def predict(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            model = self._model()
+            for batch in batches:
+                outputs = _predict(model, batch.column(self.features.column), self)
+                for name, column in zip(names, self.output.columns(outputs), strict=True):
+                    batch = batch.append_column(name, column)
+                yield batch
 
-    Only the features travel to Python and only the predictions come back (``mapInArrow``
-    would ship every column both ways), which makes transform about a third faster.
-    """
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.sql.functions import arrow_udf, col
+        return predict
 
-    key = model_key(model_bytes)
-    fields = output.fields()
-    result_type = StructType(
-        [
-            StructField(
-                field.name,
-                ArrayType(DoubleType(), False)
+    def columns(self) -> list[Column]:
+        """The output columns as expressions over one Arrow UDF on the features column.
+
+        Only the features travel to Python and only the predictions come back (``mapInArrow``
+        would ship every column both ways), which makes transform about a third faster.
+        """
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql.functions import arrow_udf, col
+
+        fields = self.output.fields()
+        result_type = StructType(
+            [
+                StructField(
+                    field.name,
+                    ArrayType(DoubleType(), False)
+                    if isinstance(field.dataType, VectorUDT)
+                    else field.dataType,
+                    nullable=False,
+                )
+                for field in fields
+            ]
+        )
+
+        def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
+            model = self._model()
+            for array in arrays:
+                outputs = _predict(model, array, self)
+                yield pa.StructArray.from_arrays(
+                    self.output.columns(outputs, vectors_as_arrays=True), names=result_type.names
+                )
+
+        udf = arrow_udf(predict, result_type)  # an iterator UDF, by its type hints
+        predictions = udf(col(self.features.column))
+        return [
+            (
+                array_to_vector(predictions[field.name])
                 if isinstance(field.dataType, VectorUDT)
-                else field.dataType,
-                nullable=False,
-            )
+                else predictions[field.name]
+            ).alias(field.name)
             for field in fields
         ]
-    )
-
-    def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        model = _cached_model(key, model_bytes, custom_objects_bytes, safe_mode)
-        for array in arrays:
-            outputs = _predict(model, array, features, output, batch_size)
-            yield pa.StructArray.from_arrays(
-                output.columns(outputs, vectors_as_arrays=True), names=result_type.names
-            )
-
-    udf = arrow_udf(predict, result_type)  # an iterator UDF, by its type hints
-    predictions = udf(col(features.column))
-    return [
-        (
-            array_to_vector(predictions[field.name])
-            if isinstance(field.dataType, VectorUDT)
-            else predictions[field.name]
-        ).alias(field.name)
-        for field in fields
-    ]
 
 
-def _predict(
-    model: Any, column: pa.Array, features: FeatureSpec, output: OutputSpec, batch_size: int
-) -> list[np.ndarray]:
+def _predict(model: Any, column: pa.Array, spec: BatchPredictor) -> list[np.ndarray]:
     """The model's outputs, one ``rows x width`` array per output, for a features column."""
     from sparkeras.shards import features_to_dense
 
-    inputs = features_to_dense(column, features)
+    output, batch_size = spec.output, spec.batch_size
+    inputs = features_to_dense(column, spec.features)
     outputs = [np.zeros((len(inputs), width)) for width in output.widths]
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]

@@ -169,15 +169,15 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
                 f"Output column(s) {existing} already exist in the DataFrame; rename them with "
                 "setPredictionCol / setRawPredictionCol / setProbabilityCol, or set '' to skip."
             )
-        arguments = (
-            self._model_bytes,
-            self._custom_objects_bytes,
-            self.getSafeMode(),
-            features,
-            output,
-            self.getInferenceBatchSize(),
+        predictor = inference.BatchPredictor(
+            model_bytes=self._model_bytes,
+            custom_objects_bytes=self._custom_objects_bytes,
+            safe_mode=self.getSafeMode(),
+            features=features,
+            output=output,
+            batch_size=self.getInferenceBatchSize(),
         )
         if inference.HAS_ARROW_UDF:
-            return dataset.select("*", *inference.prediction_columns(*arguments))
+            return dataset.select("*", *predictor.columns())
         schema = StructType([*dataset.schema.fields, *output.fields()])
-        return dataset.mapInArrow(inference.predictor(*arguments), schema)
+        return dataset.mapInArrow(predictor.map_in_arrow_function(), schema)

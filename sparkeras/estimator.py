@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from pyspark import keyword_only
@@ -244,7 +245,14 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         model = self.getModel()
         validation.check_compiled_model(model)
         num_workers = self.getNumWorkers()
-        per_replica_batch_size(self.getBatchSize(), num_workers)
+        per_worker = per_replica_batch_size(self.getBatchSize(), num_workers)
+        if per_worker * num_workers != self.getBatchSize():
+            warnings.warn(
+                f"batchSize={self.getBatchSize()} is not divisible by numWorkers={num_workers}: "
+                f"each worker trains on {per_worker} rows per step, a global batch of "
+                f"{per_worker * num_workers}. Use a multiple of {num_workers} to silence this.",
+                stacklevel=3,
+            )
         features = validation.feature_spec(dataset.schema, self.getFeaturesCol(), model)
         label = validation.label_spec(
             dataset.schema, self.getLabelCol(), validation.model_output_width(model)

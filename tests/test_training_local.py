@@ -246,6 +246,23 @@ def test_a_failing_worker_fails_fast_with_its_traceback(data):
     assert "Traceback" in str(failure.value)
     assert "on_epoch_begin" in str(failure.value)
     assert time.monotonic() - started < 90
+    # The other worker's TensorFlow process died with its task: none is left behind.
+    deadline = time.monotonic() + 15
+    while worker_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker_processes() == []
+
+
+def worker_processes() -> list:
+    import psutil
+
+    def is_worker(process) -> bool:
+        try:
+            return "sparkeras.worker" in " ".join(process.cmdline())
+        except psutil.Error:
+            return False
+
+    return [process.pid for process in psutil.process_iter() if is_worker(process)]
 
 
 def test_skip_invalid_rows_drops_and_trains(spark):
@@ -319,6 +336,11 @@ def test_bad_models_are_rejected_on_the_driver(data):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=0)
     with pytest.raises(ValueError, match=r"strategy='allreduce' is not valid.*'mirrored'"):
         SparkKerasEstimator(model=binary_model(WIDTH), strategy="allreduce")
+    with pytest.warns(
+        UserWarning,
+        match=r"batchSize=65 is not divisible by numWorkers=2.*32 rows.*global batch of 64",
+    ):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=65)._plan(frame)
     with pytest.raises(ValueError, match=r"batchSize=1 is smaller than the 2"):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=1).fit(frame)
 

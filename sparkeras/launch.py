@@ -117,7 +117,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 shard_written = time.time()
                 peers = [json.loads(peer) for peer in context.allGather(message)]
                 rendezvous_done = time.time()
-                _check_rendezvous(peers, num_workers, rank)
+                _check_rendezvous(peers, num_workers)
                 assignment = WorkerAssignment(
                     rank=rank,
                     addresses=[peer["address"] for peer in peers],
@@ -169,7 +169,7 @@ def _fail(text: str) -> TrainingError:
     return TrainingError(f"{_FAILURE_START}\n{text}\n{_FAILURE_END}")
 
 
-def _check_rendezvous(peers: list[dict[str, Any]], num_workers: int, rank: int) -> None:
+def _check_rendezvous(peers: list[dict[str, Any]], num_workers: int) -> None:
     errors = [
         f"worker {index}: {peer['error']}" for index, peer in enumerate(peers) if peer["error"]
     ]

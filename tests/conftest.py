@@ -64,3 +64,16 @@ def binary_model(width: int, hidden: int = 16, learning_rate: float = 0.01):
         metrics=["accuracy"],
     )
     return model
+
+
+def worker_processes() -> list:
+    """PIDs of sparkeras TensorFlow worker processes still running on this machine."""
+    import psutil
+
+    def is_worker(process) -> bool:
+        try:
+            return "sparkeras.worker" in " ".join(process.cmdline())
+        except psutil.Error:
+            return False
+
+    return [process.pid for process in psutil.process_iter() if is_worker(process)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import array_frame, binary_model, separable, start_session
+from conftest import array_frame, binary_model, separable, start_session, worker_processes
 from pyspark.sql import SparkSession
 
 from sparkeras import SparkKerasEstimator
@@ -54,3 +54,25 @@ def test_a_second_fit_on_the_cluster_and_slot_check(cluster):
     assert len(result.history["loss"]) == 2
     with pytest.raises(ValueError, match=r"numWorkers=3 .* only 2 task slot"):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=3).fit(frame)
+
+
+def test_a_failing_worker_fails_the_fit_fast_across_executors(cluster):
+    import keras
+
+    from sparkeras import TrainingError
+
+    class Explode(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            raise RuntimeError("boom on a separate executor")
+
+    features, labels = separable(400, WIDTH, seed=9)
+    started = time.monotonic()
+    with pytest.raises(TrainingError, match="boom on a separate executor"):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, callbacks=[Explode()]).fit(
+            array_frame(cluster, features, labels)
+        )
+    assert time.monotonic() - started < 90  # no retry loop: about 12 s here
+    deadline = time.monotonic() + 15
+    while worker_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker_processes() == []

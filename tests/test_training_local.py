@@ -7,7 +7,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import array_frame, binary_model, separable
+from conftest import array_frame, binary_model, separable, worker_processes
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import functions as F
@@ -251,18 +251,6 @@ def test_a_failing_worker_fails_fast_with_its_traceback(data):
     while worker_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert worker_processes() == []
-
-
-def worker_processes() -> list:
-    import psutil
-
-    def is_worker(process) -> bool:
-        try:
-            return "sparkeras.worker" in " ".join(process.cmdline())
-        except psutil.Error:
-            return False
-
-    return [process.pid for process in psutil.process_iter() if is_worker(process)]
 
 
 def test_skip_invalid_rows_drops_and_trains(spark):

@@ -1,8 +1,8 @@
 """Arrow record batches of one partition -> a worker's shard as flat binary files.
 
 Runs inside the Spark task (no TensorFlow). Conversion is vectorised over whole Arrow batches:
-no per-row Python objects. The TensorFlow worker memory-maps the files (``worker/data.py``), so a
-shard is written once, streamed batch by batch, and never held twice in memory.
+no per-row Python objects, and the task streams batch by batch without holding the shard. The
+TensorFlow worker memory-maps the files (``worker/data.py``).
 
 Layout of a shard directory::
 

@@ -104,13 +104,11 @@ def _list_parts(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _to_coo(column: pa.Array, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row non-zero counts, column indices and values of a vector or array column."""
+    """Per-row entry counts, column indices and values of a Vector column.
+
+    Only Vector columns get here: sparse storage requires one (``validation.feature_spec``).
+    """
     _check_no_nulls(column, spec.column)
-    if spec.kind == "array":
-        lengths, values = _list_parts(column)
-        _check_widths(lengths, spec)
-        cols = np.tile(np.arange(spec.width, dtype=np.int64), len(column))
-        return lengths, cols, values
     lengths, values = _list_parts(column.field("values"))
     kinds = column.field("type").to_numpy(zero_copy_only=False)
     is_sparse = kinds == _SPARSE_VECTOR

@@ -223,7 +223,6 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
 
     def _fit(self, dataset: DataFrame) -> SparkKerasModel:
         plan, shards = self._plan(dataset)
-        launch.check_task_slots(dataset.sparkSession, plan.num_workers)
         result = launch.run_training(shards, plan)
         fitted = SparkKerasModel._from_training(
             model_bytes=result.model_bytes,
@@ -235,7 +234,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         return self._copyValues(fitted)
 
     def _plan(self, dataset: DataFrame) -> tuple[TrainingPlan, DataFrame]:
-        """Every driver-side check and decision; returns the plan and the sharded rows."""
+        """Every driver-side check and decision; returns the plan and the sharded rows.
+
+        Checks that need no data run first, so their errors come before any Spark job.
+        """
         if not self.isDefined(self.model):
             raise ValueError("No model to train: pass model=<compiled keras.Model>.")
         if self.getStrategy() != "mirrored":
@@ -257,16 +259,18 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         label = validation.label_spec(
             dataset.schema, self.getLabelCol(), validation.model_output_width(model)
         )
+        launch.check_task_slots(dataset.sparkSession, num_workers)
+        model_bytes = serialization.model_to_bytes(model)
+        custom_objects = serialization.custom_objects_to_ship(model_bytes, self.getCustomObjects())
+        # Rebuilding here turns "unknown layer" surprises on the executors into a driver error.
+        serialization.model_from_bytes(model_bytes, custom_objects, safe_mode=self.getSafeMode())
+
+        # The only Spark job before training, once everything else has been checked.
         data = dataset.select(features.column, label.column)
         stats = validation.collect_data_stats(data, features, label)
         rows = validation.check_data(stats, features, label, self.getHandleInvalid(), num_workers)
         if stats.invalid_rows:  # handleInvalid == "skip"
             data = data.dropna()
-
-        model_bytes = serialization.model_to_bytes(model)
-        custom_objects = serialization.custom_objects_to_ship(model_bytes, self.getCustomObjects())
-        # Rebuilding here turns "unknown layer" surprises on the executors into a driver error.
-        serialization.model_from_bytes(model_bytes, custom_objects, safe_mode=self.getSafeMode())
         plan = TrainingPlan(
             model_bytes=model_bytes,
             custom_objects_bytes=serialization.objects_to_bytes(custom_objects),

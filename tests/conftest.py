@@ -77,3 +77,8 @@ def worker_processes() -> list:
             return False
 
     return [process.pid for process in psutil.process_iter() if is_worker(process)]
+
+
+def spark_jobs(spark) -> int:
+    """How many Spark jobs this session has run (without a job group)."""
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup())

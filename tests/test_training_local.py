@@ -7,7 +7,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import array_frame, binary_model, separable, worker_processes
+from conftest import array_frame, binary_model, separable, spark_jobs, worker_processes
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import functions as F
@@ -186,13 +186,15 @@ def test_custom_layers_and_losses_travel_with_custom_objects(data):
     assert [type(layer).__name__ for layer in trained.layers[:2]] == ["Scale", "Shift"]
 
 
-def test_unknown_custom_layer_is_named_before_any_spark_job(data):
+def test_unknown_custom_layer_is_named_before_any_spark_job(spark, data):
     _, _, frame = data
+    jobs = spark_jobs(spark)
     estimator = SparkKerasEstimator(model=custom_model(), numWorkers=2)
     with pytest.raises(
         ValueError, match=r"custom object\(s\) \[.Shift.\].*customObjects=\{\"Shift\": Shift\}"
     ):
         estimator.fit(frame)
+    assert spark_jobs(spark) == jobs
 
 
 class RecordEpochs(keras.callbacks.Callback):
@@ -275,12 +277,14 @@ def test_bad_rows_found_by_the_workers_are_reported(spark):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=2).fit(frame)
 
 
-def test_too_many_workers_for_the_slots_fails_fast(data):
+def test_too_many_workers_for_the_slots_fails_fast(spark, data):
     _, _, frame = data
+    jobs = spark_jobs(spark)
     started = time.monotonic()
     with pytest.raises(ValueError, match=r"numWorkers=3 .* only 2 task slot"):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=3).fit(frame)
     assert time.monotonic() - started < 30
+    assert spark_jobs(spark) == jobs  # refused before any job
 
 
 @pytest.mark.parametrize(

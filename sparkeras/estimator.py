@@ -284,7 +284,6 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             steps_per_epoch=self.getStepsPerEpoch(),
             validation_fraction=self.getValidationFraction(),
             seed=self.getOrDefault(self.seed),
-            verbose=self.getVerbose(),
             safe_mode=self.getSafeMode(),
             learning_rate=self.getLearningRate(),
         )

@@ -21,6 +21,7 @@ from pyspark.sql import Column
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from sparkeras.plan import FeatureSpec
+from sparkeras.shards import VECTOR_ARROW_TYPE, features_to_dense
 
 _MODEL_CACHE: dict[str, Any] = {}
 
@@ -246,8 +247,6 @@ class BatchPredictor:
 
 def _predict(model: Any, column: pa.Array, spec: BatchPredictor) -> list[np.ndarray]:
     """The model's outputs, one ``rows x width`` array per output, for a features column."""
-    from sparkeras.shards import features_to_dense
-
     output, batch_size = spec.output, spec.batch_size
     inputs = features_to_dense(column, spec.features)
     outputs = [np.zeros((len(inputs), width)) for width in output.widths]
@@ -284,17 +283,6 @@ def _doubles(outputs: np.ndarray, width: int, as_lists: bool = False) -> pa.Arra
     return pa.ListArray.from_arrays(offsets, flat)
 
 
-#: Spark's VectorUDT in Arrow: struct<type, size, indices, values>; type 1 is dense.
-_VECTOR_TYPE = pa.struct(
-    [
-        pa.field("type", pa.int8(), nullable=False),
-        pa.field("size", pa.int32()),
-        pa.field("indices", pa.list_(pa.field("element", pa.int32(), nullable=False))),
-        pa.field("values", pa.list_(pa.field("element", pa.float64(), nullable=False))),
-    ]
-)
-
-
 def _dense_vectors(values: np.ndarray) -> pa.Array:
     rows, width = values.shape
     offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
@@ -303,8 +291,8 @@ def _dense_vectors(values: np.ndarray) -> pa.Array:
         [
             pa.array(np.ones(rows, dtype=np.int8), pa.int8()),
             pa.nulls(rows, pa.int32()),
-            pa.nulls(rows, _VECTOR_TYPE.field("indices").type),
-            pa.ListArray.from_arrays(offsets, flat, type=_VECTOR_TYPE.field("values").type),
+            pa.nulls(rows, VECTOR_ARROW_TYPE.field("indices").type),
+            pa.ListArray.from_arrays(offsets, flat, type=VECTOR_ARROW_TYPE.field("values").type),
         ],
-        fields=list(_VECTOR_TYPE),
+        fields=list(VECTOR_ARROW_TYPE),
     )

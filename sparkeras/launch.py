@@ -152,14 +152,14 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     try:
         rows = shards.mapInArrow(train_partition, RESULT_SCHEMA, barrier=True).collect()
     except Exception as error:
-        detail = worker_failure(str(error))
+        detail = _worker_failure(str(error))
         if detail is None:
             raise
         raise TrainingError(detail) from None
     return _assemble(rows)
 
 
-def worker_failure(message: str) -> str | None:
+def _worker_failure(message: str) -> str | None:
     """The worker's own failure text inside a Spark error message, if there is one."""
     match = re.search(re.escape(_FAILURE_START) + r"(.*?)" + re.escape(_FAILURE_END), message, re.S)
     return match.group(1).strip() if match else None

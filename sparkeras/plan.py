@@ -56,7 +56,6 @@ class TrainingPlan:
     steps_per_epoch: int | None
     validation_fraction: float
     seed: int
-    verbose: int
     safe_mode: bool
     learning_rate: float | None = None
 

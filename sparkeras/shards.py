@@ -6,7 +6,7 @@ TensorFlow worker memory-maps the files (``worker/data.py``).
 
 Layout of a shard directory::
 
-    meta.json                   rows, width, storage, label layout
+    meta.json                   number of rows
     features.f32                dense storage: rows x width float32, row-major
     indptr.i64 indices.i32 values.f32   sparse storage: CSR
     labels.<dtype>              rows x label width
@@ -26,7 +26,15 @@ import pyarrow.compute as pc
 
 from sparkeras.plan import FeatureSpec, LabelSpec
 
-# Spark's VectorUDT travels through Arrow as struct<type, size, indices, values>; type 0 is sparse.
+#: Spark's VectorUDT as it travels through Arrow; ``type`` 0 is a sparse vector, 1 a dense one.
+VECTOR_ARROW_TYPE = pa.struct(
+    [
+        pa.field("type", pa.int8(), nullable=False),
+        pa.field("size", pa.int32()),
+        pa.field("indices", pa.list_(pa.field("element", pa.int32(), nullable=False))),
+        pa.field("values", pa.list_(pa.field("element", pa.float64(), nullable=False))),
+    ]
+)
 _SPARSE_VECTOR = 0
 
 
@@ -50,7 +58,7 @@ def write_shard(
         else ["features.f32"]
     )
     label_file_name = f"labels.{label.dtype}"
-    rows = nnz = 0
+    rows = 0
     with contextlib.ExitStack() as stack:
         files: dict[str, BinaryIO] = {
             name: stack.enter_context(open(os.path.join(directory, name), "wb"))
@@ -65,7 +73,6 @@ def write_shard(
                 files["values.f32"].write(values.astype(np.float32, copy=False).tobytes())
                 files["indices.i32"].write(cols.astype(np.int32, copy=False).tobytes())
                 files["row_nnz.i64"].write(row_nnz.astype(np.int64, copy=False).tobytes())
-                nnz += len(values)
             else:
                 files["features.f32"].write(features_to_dense(feature_column, features).tobytes())
             files[label_file_name].write(
@@ -75,7 +82,7 @@ def write_shard(
     if features.storage == "sparse":
         _row_counts_to_indptr(directory)
     with open(os.path.join(directory, "meta.json"), "w") as file:
-        json.dump({"rows": rows, "nnz": nnz}, file)
+        json.dump({"rows": rows}, file)
     return rows
 
 

@@ -49,7 +49,6 @@ def test_plan_and_assignment_survive_json():
         steps_per_epoch=None,
         validation_fraction=0.1,
         seed=5,
-        verbose=0,
         safe_mode=True,
     )
     assert TrainingPlan.from_json(plan.to_json()) == plan

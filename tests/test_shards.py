@@ -7,22 +7,13 @@ import pyarrow as pa
 import pytest
 
 from sparkeras.plan import FeatureSpec, LabelSpec
-from sparkeras.shards import ShardDataError, features_to_dense, write_shard
+from sparkeras.shards import VECTOR_ARROW_TYPE, ShardDataError, features_to_dense, write_shard
 from sparkeras.worker import data
-
-VECTOR_TYPE = pa.struct(
-    [
-        pa.field("type", pa.int8(), nullable=False),
-        pa.field("size", pa.int32()),
-        pa.field("indices", pa.list_(pa.field("element", pa.int32(), nullable=False))),
-        pa.field("values", pa.list_(pa.field("element", pa.float64(), nullable=False))),
-    ]
-)
 
 
 def vectors(rows: list) -> pa.Array:
     """Spark's Arrow form of VectorUDT: (type, size, indices, values); type 0 is sparse."""
-    return pa.array(rows, VECTOR_TYPE)
+    return pa.array(rows, VECTOR_ARROW_TYPE)
 
 
 def dense(values):

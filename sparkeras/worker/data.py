@@ -124,11 +124,10 @@ def training_dataset(
         ]
     )
     orders.sort(axis=1)  # ascending reads within a batch are kinder to memory
-    feature_spec, label_spec = _signature(shard, features, label)
     if shard.sparse:
         return tf.data.Dataset.from_generator(
             lambda: (shard.take(index) for index in orders),
-            output_signature=(feature_spec, label_spec),
+            output_signature=_signature(shard, features, label),
         ).prefetch(tf.data.AUTOTUNE)
     feature_values = tf.constant(np.asarray(shard.features))
     label_values = tf.constant(np.asarray(shard.labels))

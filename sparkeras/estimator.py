@@ -15,7 +15,7 @@ from sparkeras import launch, partitioning, serialization, validation
 from sparkeras.model import SparkKerasModel
 from sparkeras.params import SparkKerasTrainingParams
 from sparkeras.persistence import SparkKerasReader, SparkKerasWriter
-from sparkeras.plan import TrainingPlan, per_replica_batch_size
+from sparkeras.plan import TrainingPlan, per_replica_batch_size, task_roles
 
 
 def check_param_map(instance: Params, extra: Any) -> None:
@@ -38,8 +38,11 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     """Train a compiled Keras 3 model on a Spark DataFrame, one TensorFlow process per Spark task.
 
     ``fit`` ships the compiled model (architecture, optimizer and its config, loss, metrics,
-    weights) to ``numWorkers`` barrier tasks; each trains on its own shard of the DataFrame with
-    ``MultiWorkerMirroredStrategy`` (synchronous all-reduce). The user's model is never modified.
+    weights) to one Spark barrier stage. With ``strategy="mirrored"`` its ``numWorkers`` tasks
+    train on their own shards of the DataFrame with ``MultiWorkerMirroredStrategy`` (synchronous
+    all-reduce). With ``strategy="parameter_server"`` the stage holds a coordinator, ``numWorkers``
+    workers and ``numPs`` parameter servers, and training is asynchronous
+    (``ParameterServerStrategy``). The user's model is never modified.
 
     Examples
     --------
@@ -64,6 +67,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         outputMode: str = "auto",
         numWorkers: int = 1,
         strategy: str = "mirrored",
+        numPs: int | None = None,
+        stagingDir: str | None = None,
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
@@ -92,6 +97,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         outputMode: str = "auto",
         numWorkers: int = 1,
         strategy: str = "mirrored",
+        numPs: int | None = None,
+        stagingDir: str | None = None,
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
@@ -143,6 +150,14 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     def setStrategy(self, value: str) -> SparkKerasEstimator:
         """Set the distribution strategy."""
         return self._set(strategy=value)
+
+    def setNumPs(self, value: int) -> SparkKerasEstimator:
+        """Set the number of parameter servers (``strategy='parameter_server'`` only)."""
+        return self._set(numPs=value)
+
+    def setStagingDir(self, value: str) -> SparkKerasEstimator:
+        """Set the executor-local directory where shards are staged during a fit."""
+        return self._set(stagingDir=value)
 
     def setEpochs(self, value: int) -> SparkKerasEstimator:
         """Set the number of epochs."""
@@ -240,26 +255,24 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         """
         if not self.isDefined(self.model):
             raise ValueError("No model to train: pass model=<compiled keras.Model>.")
-        if self.getStrategy() != "mirrored":
-            raise NotImplementedError(
-                f"strategy={self.getStrategy()!r} is not available yet; use strategy='mirrored'."
-            )
         model = self.getModel()
         validation.check_compiled_model(model)
-        num_workers = self.getNumWorkers()
-        per_worker = per_replica_batch_size(self.getBatchSize(), num_workers)
-        if per_worker * num_workers != self.getBatchSize():
-            warnings.warn(
-                f"batchSize={self.getBatchSize()} is not divisible by numWorkers={num_workers}: "
-                f"each worker trains on {per_worker} rows per step, a global batch of "
-                f"{per_worker * num_workers}. Use a multiple of {num_workers} to silence this.",
-                stacklevel=3,
-            )
+        strategy, num_workers, num_ps = self._cluster_shape()
+        if strategy == "mirrored":
+            per_worker = per_replica_batch_size(self.getBatchSize(), num_workers)
+            if per_worker * num_workers != self.getBatchSize():
+                warnings.warn(
+                    f"batchSize={self.getBatchSize()} is not divisible by numWorkers={num_workers}: "
+                    f"each worker trains on {per_worker} rows per step, a global batch of "
+                    f"{per_worker * num_workers}. Use a multiple of {num_workers} to silence this.",
+                    stacklevel=3,
+                )
         features = validation.feature_spec(dataset.schema, self.getFeaturesCol(), model)
         label = validation.label_spec(
             dataset.schema, self.getLabelCol(), validation.model_output_width(model)
         )
-        launch.check_task_slots(dataset.sparkSession, num_workers)
+        roles = task_roles(strategy, num_workers, num_ps)
+        launch.check_task_slots(dataset.sparkSession, roles)
         model_bytes = serialization.model_to_bytes(model)
         custom_objects = serialization.custom_objects_to_ship(model_bytes, self.getCustomObjects())
         # Rebuilding here turns "unknown layer" surprises on the executors into a driver error.
@@ -278,7 +291,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             features=features,
             label=label,
             num_workers=num_workers,
-            strategy=self.getStrategy(),
+            strategy=strategy,
             epochs=self.getEpochs(),
             global_batch_size=self.getBatchSize(),
             steps_per_epoch=self.getStepsPerEpoch(),
@@ -286,10 +299,26 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             seed=self.getOrDefault(self.seed),
             safe_mode=self.getSafeMode(),
             learning_rate=self.getLearningRate(),
+            num_ps=num_ps,
+            staging_dir=self.getStagingDir(),
         )
         # Balanced, mixed shards whatever the input partitioning (skewed, too few partitions,
         # sorted by label); coalesce would be cheaper for one worker, but barrier stages reject it.
-        return plan, partitioning.shard_rows(data, num_workers, rows, plan.seed)
+        # In parameter-server mode the coordinator's shard is the validation set.
+        holdout = plan.validation_fraction if strategy == "parameter_server" else 0.0
+        return plan, partitioning.shard_rows(data, roles, rows, plan.seed, holdout)
+
+    def _cluster_shape(self) -> tuple[str, int, int]:
+        """The strategy, number of workers and number of parameter servers, checked together."""
+        strategy, num_workers, num_ps = self.getStrategy(), self.getNumWorkers(), self.getNumPs()
+        if strategy == "mirrored":
+            if num_ps is not None:
+                raise ValueError(
+                    f"numPs={num_ps} is only used with strategy='parameter_server'; "
+                    "unset numPs, or set strategy='parameter_server'."
+                )
+            return strategy, num_workers, 0
+        return strategy, num_workers, 1 if num_ps is None else num_ps
 
     def _print_history(self, history: dict[str, list[float]]) -> None:
         if self.getVerbose() < 1 or not history:

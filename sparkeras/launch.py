@@ -1,9 +1,14 @@
-"""The barrier stage: one Spark task per worker, each starting a fresh TensorFlow process.
+"""The barrier stage: one Spark task per role, each starting a fresh TensorFlow process.
 
-Flow of one task (``_train_partition``): write the partition to a local shard -> ``allGather``
-``host:port`` and shard sizes (the rendezvous) -> write the plan and this task's assignment ->
-run ``python -m sparkeras.worker`` as a child that dies with the task -> yield the worker's report
-and, on rank 0, the trained model in chunks. The driver reassembles them in :func:`run_training`.
+Flow of one task (``train_partition``): write the partition to a local shard -> ``allGather``
+``host:port``, shard sizes and paths (the rendezvous) -> write the plan and this task's
+assignment -> run ``python -m sparkeras.worker`` as a child that dies with the task -> yield the
+worker's report and, on rank 0, the trained model in chunks. The driver reassembles them in
+:func:`run_training`.
+
+Mirrored mode: every task is a worker and returns when ``fit`` does. Parameter-server mode: task 0
+is the coordinator; the worker and parameter-server tasks keep their TensorFlow servers up (and
+restart them if they die) until the coordinator finishes and releases them with a barrier.
 
 Only plain values (the JSON plan) travel in the task closure; nothing here imports TensorFlow.
 """
@@ -15,6 +20,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -22,20 +28,27 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkeras.plan import TrainingPlan, WorkerAssignment
+from sparkeras.plan import Role, TrainingPlan, WorkerAssignment
 
 RESULT_SCHEMA = "rank int, kind string, seq int, payload binary"
 #: Size of the rows that carry the trained model back to the driver.
 CHUNK_BYTES = 8 * 1024 * 1024
 #: Lines of a failed worker's log quoted in the error.
 LOG_TAIL_LINES = 40
+#: Rendezvous rounds tried before giving up on distinct ports for every task.
+RENDEZVOUS_ROUNDS = 3
+#: Times a parameter-server cluster's worker or parameter server is restarted after dying.
+MAX_SERVER_RESTARTS = 3
+#: How often a server's task checks that its process is alive.
+SERVER_POLL_SECONDS = 0.25
 
 _FAILURE_START = "<<<sparkeras-worker-failure>>>"
 _FAILURE_END = "<<<end-sparkeras-worker-failure>>>"
@@ -69,19 +82,30 @@ def available_task_slots(spark: SparkSession) -> int | None:
         return None
 
 
-def check_task_slots(spark: SparkSession, num_tasks: int) -> None:
+def check_task_slots(spark: SparkSession, plan_roles: list[Role]) -> None:
     """Fail fast instead of letting a barrier stage wait for slots that will never come."""
     slots = available_task_slots(spark)
-    if slots is not None and num_tasks > slots:
+    num_tasks = len(plan_roles)
+    if slots is None or num_tasks <= slots:
+        return
+    if "ps" in plan_roles:
+        workers, servers = plan_roles.count("worker"), plan_roles.count("ps")
         raise ValueError(
-            f"numWorkers={num_tasks} needs {num_tasks} concurrent Spark tasks, but the cluster has "
-            f"only {slots} task slot(s) (executor cores / spark.task.cpus). Lower numWorkers to at "
-            f"most {slots}, or give the application more executor cores."
+            f"strategy='parameter_server' with numWorkers={workers} and numPs={servers} needs "
+            f"{num_tasks} concurrent Spark tasks ({workers} worker(s), {servers} parameter "
+            f"server(s) and 1 coordinator), but the cluster has only {slots} task slot(s) "
+            "(executor cores / spark.task.cpus). Lower numWorkers or numPs so that "
+            f"numWorkers + numPs + 1 <= {slots}, or give the application more executor cores."
         )
+    raise ValueError(
+        f"numWorkers={num_tasks} needs {num_tasks} concurrent Spark tasks, but the cluster has "
+        f"only {slots} task slot(s) (executor cores / spark.task.cpus). Lower numWorkers to at "
+        f"most {slots}, or give the application more executor cores."
+    )
 
 
 def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
-    """Run one barrier stage over ``shards`` (exactly ``plan.num_workers`` partitions).
+    """Run one barrier stage over ``shards`` (one partition per task of ``plan.roles``).
 
     Raises
     ------
@@ -89,7 +113,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         When a worker fails; the message is the worker's own traceback and log tail.
     """
     plan_json = plan.to_json()
-    features, label, num_workers = plan.features, plan.label, plan.num_workers
+    features, label, roles, staging_dir = plan.features, plan.label, plan.roles, plan.staging_dir
 
     def train_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import BarrierTaskContext
@@ -98,7 +122,8 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
 
         context = BarrierTaskContext.get()
         rank = context.partitionId()
-        task_dir = tempfile.mkdtemp(prefix=f"sparkeras-task{rank}-")
+        role = roles[rank]
+        task_dir = _make_task_dir(staging_dir, rank)
         started = time.time()
         try:
             # Started first: TensorFlow's imports overlap the shard writing and the rendezvous.
@@ -111,18 +136,21 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     rows, error = 0, f"{type(shard_error).__name__}: {shard_error}"
                 executor = context.getTaskInfos()[rank].address
                 host = executor.rsplit(":", 1)[0]
-                message = json.dumps(
-                    {"address": f"{host}:{_free_port()}", "rows": rows, "error": error}
-                )
+                message = {"rows": rows, "shard_dir": shard_dir, "error": error}
                 shard_written = time.time()
-                peers = [json.loads(peer) for peer in context.allGather(message)]
+                for _ in range(RENDEZVOUS_ROUNDS):  # until no two tasks drew the same port
+                    message["address"] = f"{host}:{_free_port()}"
+                    peers = [json.loads(peer) for peer in context.allGather(json.dumps(message))]
+                    if len({peer["address"] for peer in peers}) == len(peers):
+                        break
                 rendezvous_done = time.time()
-                _check_rendezvous(peers, num_workers)
+                _check_rendezvous(peers, roles, plan.validation_fraction)
                 assignment = WorkerAssignment(
                     rank=rank,
+                    roles=roles,
                     addresses=[peer["address"] for peer in peers],
                     shard_rows=[peer["rows"] for peer in peers],
-                    shard_dir=shard_dir,
+                    shard_dirs=[peer["shard_dir"] for peer in peers],
                     result_dir=task_dir,
                     cpus=context.cpus(),
                     executor=executor,
@@ -131,9 +159,17 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     file.write(plan_json)
                 with open(os.path.join(task_dir, "assignment.json"), "w") as file:
                     file.write(assignment.to_json())
-                worker.run(rank)
-                with open(os.path.join(task_dir, "report.json")) as file:
-                    report = json.load(file)
+                if "ps" in roles and role != "chief":
+                    # A parameter-server cluster's servers run until the coordinator is done.
+                    restarts = worker.serve(rank, release=context.barrier)
+                    report = {"rank": rank, "role": role, "executor": executor}
+                    report["server_restarts"] = restarts
+                else:
+                    worker.run(rank)
+                    if "ps" in roles:
+                        context.barrier()  # the coordinator is done: release the servers
+                    with open(os.path.join(task_dir, "report.json")) as file:
+                        report = json.load(file)
                 report["task_seconds"] = {
                     "write_shard": round(shard_written - started, 4),
                     "rendezvous": round(rendezvous_done - shard_written, 4),
@@ -159,6 +195,20 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     return _assemble(rows)
 
 
+def _make_task_dir(staging_dir: str | None, rank: int) -> str:
+    """A fresh directory for this task's shard and files, under ``stagingDir`` when set."""
+    try:
+        if staging_dir is not None:
+            os.makedirs(staging_dir, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f"sparkeras-task{rank}-", dir=staging_dir)
+    except OSError as error:
+        raise _fail(
+            f"Cannot create the task directory under stagingDir={staging_dir!r} on "
+            f"{socket.gethostname()}: {error}. Set stagingDir to a writable directory on every "
+            "executor's local disk."
+        ) from None
+
+
 def _worker_failure(message: str) -> str | None:
     """The worker's own failure text inside a Spark error message, if there is one."""
     match = re.search(re.escape(_FAILURE_START) + r"(.*?)" + re.escape(_FAILURE_END), message, re.S)
@@ -169,26 +219,57 @@ def _fail(text: str) -> TrainingError:
     return TrainingError(f"{_FAILURE_START}\n{text}\n{_FAILURE_END}")
 
 
-def _check_rendezvous(peers: list[dict[str, Any]], num_workers: int) -> None:
-    errors = [
-        f"worker {index}: {peer['error']}" for index, peer in enumerate(peers) if peer["error"]
-    ]
+def _check_rendezvous(
+    peers: list[dict[str, Any]], roles: list[Role], validation_fraction: float
+) -> None:
+    errors = [f"task {index}: {peer['error']}" for index, peer in enumerate(peers) if peer["error"]]
     if errors:
         raise _fail("Reading the training data failed:\n" + "\n".join(errors))
-    if len(peers) != num_workers:
-        raise _fail(f"Expected {num_workers} barrier tasks, got {len(peers)}.")
-    empty = [index for index, peer in enumerate(peers) if peer["rows"] == 0]
+    if len(peers) != len(roles):
+        raise _fail(f"Expected {len(roles)} barrier tasks, got {len(peers)}.")
+    if len({peer["address"] for peer in peers}) != len(peers):
+        raise _fail(f"Tasks drew the same TCP port {RENDEZVOUS_ROUNDS} times; retry the fit.")
+    rows = [peer["rows"] for peer in peers]
+    empty = [index for index, role in enumerate(roles) if role == "worker" and rows[index] == 0]
     if empty:
         raise _fail(
-            f"Worker(s) {empty} received no rows (shard sizes {[p['rows'] for p in peers]}). "
+            f"Worker task(s) {empty} received no rows (rows per task {rows}). "
             "Use fewer workers or more data."
+        )
+    if "chief" in roles and validation_fraction > 0 and rows[roles.index("chief")] == 0:
+        raise _fail(
+            f"validationFraction={validation_fraction} left no validation rows for the "
+            "coordinator; use a larger fraction or more data."
         )
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """A port that is free now and that outgoing connections will not take before TF binds it.
+
+    The TensorFlow process binds the port seconds later. A port from the kernel's ephemeral range
+    can meanwhile be taken by any outgoing connection (gRPC opens many), so the port is drawn
+    below that range.
+    """
+    low = _first_ephemeral_port()
+    for port in random.sample(range(10_000, low), k=64) if low > 10_064 else []:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # let the kernel choose
         probe.bind(("", 0))
         return probe.getsockname()[1]
+
+
+def _first_ephemeral_port() -> int:
+    """The start of the kernel's range of ports for outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _die_with_parent() -> None:
@@ -208,15 +289,18 @@ class _WorkerProcess:
     def __init__(self, task_dir: str) -> None:
         self.task_dir = task_dir
         self.log_path = os.path.join(task_dir, "worker.log")
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
         env = dict(os.environ)
         env.update(
             PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
             PYTHONUNBUFFERED="1",
             TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         )
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "sparkeras.worker", task_dir],
+        with open(self.log_path, "ab") as log:  # a restarted server appends to the same log
+            return subprocess.Popen(
+                [sys.executable, "-m", "sparkeras.worker", self.task_dir],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -225,14 +309,55 @@ class _WorkerProcess:
                 start_new_session=True,
             )
 
-    def run(self, rank: int) -> None:
-        """Let the process train (plan and assignment are written) and wait for it."""
+    def _go(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(b"go\n")
         self.process.stdin.close()
+
+    def run(self, rank: int) -> None:
+        """Let the process train (plan and assignment are written) and wait for it."""
+        self._go()
         exit_code = self.process.wait()
         if exit_code != 0:
             raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
+
+    def serve(self, rank: int, release: Callable[[], Any]) -> int:
+        """Keep a parameter-server cluster's server running until ``release`` returns.
+
+        ``release`` blocks until the coordinator is done. A server that dies meanwhile is
+        restarted on the same address, up to :data:`MAX_SERVER_RESTARTS` times: TensorFlow's
+        coordinator reschedules a lost worker's steps and resumes using it once it is back.
+
+        Returns
+        -------
+        int
+            How many times the server was restarted.
+        """
+        self._go()
+        outcome: dict[str, BaseException] = {}
+
+        def wait_for_release() -> None:
+            try:
+                release()
+            except BaseException as error:
+                outcome["error"] = error
+
+        waiter = threading.Thread(target=wait_for_release, daemon=True)
+        waiter.start()
+        restarts = 0
+        while waiter.is_alive():
+            waiter.join(SERVER_POLL_SECONDS)
+            exit_code = self.process.poll()
+            if exit_code is None or not waiter.is_alive():
+                continue
+            if restarts == MAX_SERVER_RESTARTS:
+                raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
+            restarts += 1
+            self.process = self._start()
+            self._go()
+        if "error" in outcome:
+            raise outcome["error"]
+        return restarts
 
     def close(self) -> None:
         """Kill the process group if it is still running."""

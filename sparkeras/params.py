@@ -210,6 +210,19 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         f"distribution strategy, one of {list(STRATEGIES)}",
         typeConverter=_to_choice("strategy", STRATEGIES),
     )
+    numPs: Param[int] = Param(
+        Params._dummy(),
+        "numPs",
+        "number of parameter-server tasks (strategy='parameter_server' only; default 1)",
+        typeConverter=_to_positive_int("numPs"),
+    )
+    stagingDir: Param[str] = Param(
+        Params._dummy(),
+        "stagingDir",
+        "directory on each executor's local disk where a fit stages its shard files (removed "
+        "when the fit ends); default: the executor's temporary directory",
+        typeConverter=TypeConverters.toString,
+    )
     epochs: Param[int] = Param(
         Params._dummy(),
         "epochs",
@@ -219,7 +232,8 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     batchSize: Param[int] = Param(
         Params._dummy(),
         "batchSize",
-        "global batch size, split evenly across workers",
+        "global batch size, split evenly across workers (mirrored); the batch of each "
+        "asynchronous step (parameter_server)",
         typeConverter=_to_positive_int("batchSize"),
     )
     stepsPerEpoch: Param[int] = Param(
@@ -282,6 +296,14 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     def getStrategy(self) -> str:
         """Return the distribution strategy name."""
         return self.getOrDefault(self.strategy)
+
+    def getNumPs(self) -> int | None:
+        """Return the number of parameter servers, or ``None`` when not set."""
+        return self.getOrDefault(self.numPs) if self.isDefined(self.numPs) else None
+
+    def getStagingDir(self) -> str | None:
+        """Return the executor-local staging directory, or ``None`` for the temporary directory."""
+        return self.getOrDefault(self.stagingDir) if self.isDefined(self.stagingDir) else None
 
     def getEpochs(self) -> int:
         """Return the number of epochs."""

@@ -1,40 +1,69 @@
-"""Split the training rows into exactly one balanced, randomly mixed partition per worker.
+"""Split the rows into one partition per barrier task: training rows to workers, balanced and mixed.
 
-Every row draws a worker uniformly at random (``rand(seed)``); a hash repartition then sends it
-there. Spark's hash partitioner puts a key in partition ``pmod(murmur3(key, 42), n)``, so each
-worker is given a key that hashes to its own partition: no sampling job, shards within a few
-hundred rows of each other, the same split for the same seed, and rows of a sorted DataFrame
-mixed across workers. Tiny DataFrames, where a random draw could leave a worker empty, are
-range-partitioned instead (Spark samples the bounds, which keeps every partition non-empty).
+Every row draws a number uniformly at random (``rand(seed)``) that picks its task; a hash
+repartition then sends it there. Spark's hash partitioner puts a key in partition
+``pmod(murmur3(key, 42), n)``, so each task is given a key that hashes to its own partition: no
+sampling job, shards within a few hundred rows of each other, the same split for the same seed,
+and rows of a sorted DataFrame mixed across workers. Tiny DataFrames, where a random draw could
+leave a worker empty, are dealt round-robin in the order of the draw instead.
+
+In parameter-server mode the coordinator's partition receives the held-out validation rows and
+the parameter servers' partitions stay empty.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-#: Below this many rows per worker, range partitioning guarantees non-empty shards.
+from sparkeras.plan import Role
+
+#: Below this many rows per worker, rows are dealt round-robin so that no shard is empty.
 MIN_ROWS_PER_WORKER_FOR_HASHING = 64
 
 _SPARK_HASH_SEED = 42
 _MASK = 0xFFFFFFFF
+_DRAW, _TARGET = "__sparkeras_draw", "__sparkeras_task"
 
 
-def shard_rows(data: DataFrame, num_workers: int, rows: int, seed: int) -> DataFrame:
-    """``data`` in exactly ``num_workers`` partitions of about ``rows / num_workers`` rows.
+def shard_rows(
+    data: DataFrame, roles: list[Role], rows: int, seed: int, holdout_fraction: float = 0.0
+) -> DataFrame:
+    """``data`` in exactly one partition per task of ``roles``.
+
+    The ``"worker"`` tasks share the training rows evenly; with ``holdout_fraction`` > 0 that
+    fraction of the rows goes to the ``"chief"`` task instead.
 
     Examples
     --------
-    >>> shards = shard_rows(frame, num_workers=2, rows=frame.count(), seed=0)  # doctest: +SKIP
+    >>> shards = shard_rows(frame, ["worker", "worker"], rows=frame.count(), seed=0)  # doctest: +SKIP
     >>> shards.rdd.getNumPartitions()  # doctest: +SKIP
     2
     """
-    draw = F.rand(seed)
+    keys = partition_keys(len(roles))
+    worker_keys = F.array(
+        *[F.lit(keys[rank]) for rank, role in enumerate(roles) if role == "worker"]
+    )
+    num_workers = roles.count("worker")
+    holdout_key = F.lit(keys[roles.index("chief")] if "chief" in roles else -1)
+    draw = F.col(_DRAW)
     if rows < MIN_ROWS_PER_WORKER_FOR_HASHING * num_workers:
-        return data.repartitionByRange(num_workers, draw)
-    keys = F.array(*[F.lit(key) for key in partition_keys(num_workers)])
-    worker = F.element_at(keys, (draw * num_workers).cast("int") + 1)
-    return data.repartition(num_workers, worker)
+        # One small window: the first rows in draw order are held out, the rest dealt in turn.
+        position = F.row_number().over(Window.orderBy(draw)) - 1 - round(holdout_fraction * rows)
+        target = F.when(position < 0, holdout_key).otherwise(
+            F.element_at(worker_keys, F.pmod(position, F.lit(num_workers)).cast("int") + 1)
+        )
+    else:
+        worker = ((draw - holdout_fraction) / (1.0 - holdout_fraction) * num_workers).cast("int")
+        target = F.when(draw < holdout_fraction, holdout_key).otherwise(
+            F.element_at(worker_keys, worker + 1)
+        )
+    return (
+        data.withColumn(_DRAW, F.rand(seed))
+        .withColumn(_TARGET, target)
+        .repartition(len(roles), _TARGET)
+        .drop(_DRAW, _TARGET)
+    )
 
 
 def partition_keys(num_partitions: int) -> list[int]:

@@ -12,6 +12,7 @@ import json
 from typing import Any, Literal
 
 FeatureKind = Literal["vector", "array"]
+Role = Literal["worker", "chief", "ps"]
 LabelKind = Literal["scalar", "array", "vector"]
 Storage = Literal["dense", "sparse"]
 
@@ -58,6 +59,13 @@ class TrainingPlan:
     seed: int
     safe_mode: bool
     learning_rate: float | None = None
+    num_ps: int = 0
+    staging_dir: str | None = None
+
+    @property
+    def roles(self) -> list[Role]:
+        """The role of each barrier task, by partition index (see :func:`task_roles`)."""
+        return task_roles(self.strategy, self.num_workers, self.num_ps)
 
     def to_json(self) -> str:
         """Serialise for the worker process."""
@@ -77,17 +85,52 @@ class TrainingPlan:
         return cls(**values)
 
 
+def task_roles(strategy: str, num_workers: int, num_ps: int) -> list[Role]:
+    """The role of each barrier task, by partition index.
+
+    Mirrored: every task is a worker (rank 0 is the chief). Parameter server: task 0 is the
+    coordinator (``chief``, holding the validation rows), then the workers (holding the training
+    rows), then the parameter servers (holding no rows).
+
+    Examples
+    --------
+    >>> task_roles("parameter_server", num_workers=2, num_ps=1)
+    ['chief', 'worker', 'worker', 'ps']
+    """
+    if strategy == "mirrored":
+        return ["worker"] * num_workers
+    return ["chief"] + ["worker"] * num_workers + ["ps"] * num_ps
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerAssignment:
-    """One task's place in the cluster, decided by the barrier rendezvous."""
+    """One task's place in the cluster, decided by the barrier rendezvous.
+
+    The lists hold one entry per barrier task, by partition index.
+    """
 
     rank: int
+    roles: list[Role]
     addresses: list[str]
     shard_rows: list[int]
-    shard_dir: str
+    shard_dirs: list[str]
     result_dir: str
     cpus: int = 1
     executor: str = ""
+
+    @property
+    def role(self) -> Role:
+        """This task's role."""
+        return self.roles[self.rank]
+
+    @property
+    def shard_dir(self) -> str:
+        """This task's shard directory."""
+        return self.shard_dirs[self.rank]
+
+    def of_role(self, role: Role) -> list[int]:
+        """Ranks of the tasks with ``role``, in order (their index within the role's job)."""
+        return [rank for rank, each in enumerate(self.roles) if each == role]
 
     def to_json(self) -> str:
         """Serialise for the worker process."""
@@ -99,11 +142,24 @@ class WorkerAssignment:
         return cls(**json.loads(text))
 
     @property
+    def cluster_spec(self) -> dict[str, list[str]]:
+        """TensorFlow's cluster: job name -> addresses."""
+        cluster: dict[str, list[str]] = {}
+        for role, address in zip(self.roles, self.addresses, strict=True):
+            cluster.setdefault(role, []).append(address)
+        return cluster
+
+    @property
+    def task_index(self) -> int:
+        """Index of this task within its job."""
+        return self.of_role(self.role).index(self.rank)
+
+    @property
     def tf_config(self) -> dict[str, Any]:
-        """The ``TF_CONFIG`` of a MultiWorkerMirroredStrategy worker (rank 0 is the chief)."""
+        """This task's ``TF_CONFIG`` (for MultiWorkerMirroredStrategy, rank 0 is the chief)."""
         return {
-            "cluster": {"worker": self.addresses},
-            "task": {"type": "worker", "index": self.rank},
+            "cluster": self.cluster_spec,
+            "task": {"type": self.role, "index": self.task_index},
         }
 
 
@@ -131,6 +187,21 @@ def steps_per_epoch(shard_rows: list[int], rows_per_step: int, override: int | N
     if override is not None:
         return override
     return max(1, -(-max(shard_rows) // rows_per_step))
+
+
+def asynchronous_steps_per_epoch(train_rows: int, batch_size: int, override: int | None) -> int:
+    """Steps the coordinator schedules per epoch: one pass over all training rows on average.
+
+    Any worker may take any step, so a fast worker takes more; there is no per-worker count.
+
+    Examples
+    --------
+    >>> asynchronous_steps_per_epoch(1000, batch_size=64, override=None)
+    16
+    """
+    if override is not None:
+        return override
+    return max(1, -(-train_rows // batch_size))
 
 
 def validation_rows_per_worker(shard_rows: list[int], fraction: float) -> int:

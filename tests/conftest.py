@@ -24,6 +24,25 @@ def start_session(master: str):
     return session
 
 
+def start_cluster(master: str, slots: int):
+    """A standalone cluster session (``local-cluster[...]``), once its executors offer ``slots``."""
+    import time
+
+    from pyspark.sql import SparkSession
+
+    from sparkeras.launch import available_task_slots
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+    session = start_session(master)
+    # Executors register asynchronously; wait until they all offer their slots.
+    deadline = time.monotonic() + 60
+    while (available_task_slots(session) or 0) < slots and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return session
+
+
 @pytest.fixture(scope="module")
 def spark():
     """A local[2] session: two task slots, so two workers can share a barrier stage."""

@@ -9,8 +9,10 @@ from sparkeras.plan import (
     LabelSpec,
     TrainingPlan,
     WorkerAssignment,
+    asynchronous_steps_per_epoch,
     per_replica_batch_size,
     steps_per_epoch,
+    task_roles,
     validation_rows_per_worker,
 )
 
@@ -52,12 +54,32 @@ def test_plan_and_assignment_survive_json():
         safe_mode=True,
     )
     assert TrainingPlan.from_json(plan.to_json()) == plan
-    assignment = WorkerAssignment(1, ["a:1", "b:2"], [10, 12], "/s", "/r", cpus=2, executor="e:3")
+    assignment = WorkerAssignment(
+        1, ["worker", "worker"], ["a:1", "b:2"], [10, 12], ["/s0", "/s1"], "/r", 2, "e:3"
+    )
     assert WorkerAssignment.from_json(assignment.to_json()) == assignment
+    assert assignment.shard_dir == "/s1"
     assert assignment.tf_config == {
         "cluster": {"worker": ["a:1", "b:2"]},
         "task": {"type": "worker", "index": 1},
     }
+
+
+def test_parameter_server_roles_and_tf_config():
+    roles = task_roles("parameter_server", num_workers=2, num_ps=1)
+    assert roles == ["chief", "worker", "worker", "ps"]
+    addresses = ["c:1", "w:1", "w:2", "p:1"]
+    second_worker = WorkerAssignment(2, roles, addresses, [9, 50, 51, 0], ["/d"] * 4, "/r")
+    assert second_worker.tf_config == {
+        "cluster": {"chief": ["c:1"], "worker": ["w:1", "w:2"], "ps": ["p:1"]},
+        "task": {"type": "worker", "index": 1},
+    }
+    assert second_worker.of_role("worker") == [1, 2]
+    assert WorkerAssignment(3, roles, addresses, [0] * 4, ["/d"] * 4, "/r").task_index == 0
+    assert task_roles("mirrored", num_workers=3, num_ps=0) == ["worker"] * 3
+    # One epoch is one pass over all training rows, whichever worker takes each step.
+    assert asynchronous_steps_per_epoch(101, batch_size=10, override=None) == 11
+    assert asynchronous_steps_per_epoch(101, batch_size=10, override=3) == 3
 
 
 def test_partition_keys_cover_every_partition():

@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import array_frame, binary_model, separable, start_session, worker_processes
-from pyspark.sql import SparkSession
+from conftest import array_frame, binary_model, separable, start_cluster, worker_processes
 
 from sparkeras import SparkKerasEstimator
-from sparkeras.launch import available_task_slots
 
 pytestmark = [pytest.mark.cluster, pytest.mark.spark]
 WIDTH = 8
@@ -17,14 +15,7 @@ WIDTH = 8
 
 @pytest.fixture(scope="module")
 def cluster():
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-    session = start_session("local-cluster[2,1,1024]")
-    # Executors register asynchronously; wait until both offer their slot.
-    deadline = time.monotonic() + 60
-    while (available_task_slots(session) or 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    session = start_cluster("local-cluster[2,1,1024]", slots=2)
     yield session
     session.stop()
 

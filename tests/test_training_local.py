@@ -357,7 +357,11 @@ def test_python_hash_matches_spark_and_shards_are_balanced_and_reproducible(spar
         spark_hash_int(v) for v in values
     ]
     _, _, training_frame = data
-    first = shard_rows(training_frame, 2, 2000, seed=1).rdd.glom().map(len).collect()
-    again = shard_rows(training_frame, 2, 2000, seed=1).rdd.glom().map(len).collect()
+    first = (
+        shard_rows(training_frame, ["worker", "worker"], 2000, seed=1).rdd.glom().map(len).collect()
+    )
+    again = (
+        shard_rows(training_frame, ["worker", "worker"], 2000, seed=1).rdd.glom().map(len).collect()
+    )
     assert first == again
     assert sum(first) == 2000 and min(first) > 900

@@ -19,9 +19,10 @@ ERROR_FILE = "error.txt"
 
 
 def main(task_dir: str) -> int:
-    """Run the worker described in ``task_dir``; the process ends when training does.
+    """Run the task described in ``task_dir`` and return the process's exit code.
 
-    Returns the exit code only when the task ended early or training failed.
+    A mirrored worker ends the process itself when training ends; a parameter server or a
+    parameter-server cluster's worker serves until its task kills it.
     """
     started = time.perf_counter()
     try:
@@ -30,9 +31,9 @@ def main(task_dir: str) -> int:
         import keras  # noqa: F401
         import tensorflow  # noqa: F401
 
-        from sparkeras.worker import mirrored
+        from sparkeras.worker.report import PhaseClock
 
-        clock = mirrored.PhaseClock(started)
+        clock = PhaseClock(started)
         clock.mark("import_tensorflow")
         if sys.stdin.readline().strip() != "go":
             return 1  # the task ended before the rendezvous; nothing to report
@@ -41,7 +42,19 @@ def main(task_dir: str) -> int:
             plan = TrainingPlan.from_json(file.read())
         with open(os.path.join(task_dir, "assignment.json")) as file:
             assignment = WorkerAssignment.from_json(file.read())
-        mirrored.train(plan, assignment, clock, os.path.join(task_dir, REPORT_FILE))
+        report_path = os.path.join(task_dir, REPORT_FILE)
+        if plan.strategy == "mirrored":
+            from sparkeras.worker import mirrored
+
+            mirrored.train(plan, assignment, clock, report_path)
+        else:
+            from sparkeras.worker import parameter_server
+
+            if assignment.role == "chief":
+                parameter_server.coordinate(plan, assignment, clock, report_path)
+                return 0
+            else:
+                parameter_server.serve(assignment)  # runs until the task kills it
     except BaseException:
         with open(os.path.join(task_dir, ERROR_FILE), "w") as file:
             file.write(traceback.format_exc())

@@ -151,3 +151,61 @@ def validation_dataset(
         batches, output_signature=_signature(shard, features, label)
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def staged_training_dataset(
+    shard_dirs: list[str],
+    features: FeatureSpec,
+    label: LabelSpec,
+    *,
+    batch_size: int,
+    seed: int,
+) -> tf.data.Dataset:
+    """An endless stream of shuffled ``batch_size`` batches of the worker's own shard.
+
+    For ``ParameterServerStrategy``: the coordinator traces this once and every worker runs it,
+    so the shard is chosen at run time by the worker's index, and read by TensorFlow ops from the
+    files its Spark task wrote (``shard_dirs[i]`` is worker ``i``'s directory on its own host).
+    """
+    worker = tf.distribute.coordinator.experimental_get_current_worker_index()
+    directory = tf.gather(tf.constant(shard_dirs), worker)
+
+    def read(name: str, dtype: tf.DType) -> tf.Tensor:
+        return tf.io.decode_raw(tf.io.read_file(tf.strings.join([directory, name], "/")), dtype)
+
+    labels = read(f"labels.{label.dtype}", tf.as_dtype(label.dtype))
+    if label.kind != "scalar":
+        labels = tf.reshape(labels, [-1, label.width])
+    if features.storage == "sparse":
+        csr = (
+            read("indptr.i64", tf.int64),
+            read("indices.i32", tf.int32),
+            read("values.f32", tf.float32),
+        )
+
+        def take(index: tf.Tensor) -> tuple[tf.SparseTensor, tf.Tensor]:
+            return _sparse_rows(*csr, index, features.width), tf.gather(labels, index)
+
+    else:
+        values = tf.reshape(read("features.f32", tf.float32), [-1, features.width])
+
+        def take(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return tf.gather(values, index), tf.gather(labels, index)
+
+    rows = tf.shape(labels, out_type=tf.int64)[0]
+    order = tf.data.Dataset.range(rows).shuffle(rows, seed=seed, reshuffle_each_iteration=True)
+    batches = order.repeat().batch(batch_size, drop_remainder=True)
+    return batches.map(take, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _sparse_rows(
+    indptr: tf.Tensor, indices: tf.Tensor, values: tf.Tensor, index: tf.Tensor, width: int
+) -> tf.SparseTensor:
+    """Rows ``index`` of a CSR matrix as a ``tf.SparseTensor``, with TensorFlow ops only."""
+    positions = tf.ragged.range(tf.gather(indptr, index), tf.gather(indptr, index + 1))
+    flat = positions.flat_values
+    coordinates = tf.stack(
+        [positions.value_rowids(), tf.cast(tf.gather(indices, flat), tf.int64)], axis=1
+    )
+    shape = tf.stack([tf.size(index, out_type=tf.int64), tf.constant(width, tf.int64)])
+    return tf.sparse.reorder(tf.SparseTensor(coordinates, tf.gather(values, flat), shape))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -11,6 +10,7 @@ from typing import Any
 
 from sparkeras.plan import TrainingPlan, WorkerAssignment, per_replica_batch_size, steps_per_epoch
 from sparkeras.plan import validation_rows_per_worker as validation_rows
+from sparkeras.worker.report import PhaseClock, history_of, weights_digest
 
 #: Gradients are packed into all-reduce messages of up to this size.
 GRADIENT_PACK_BYTES = 32 * 1024 * 1024
@@ -101,16 +101,16 @@ def train(
         if assignment.rank == 0:
             model.save(os.path.join(assignment.result_dir, "model.keras"))
         clock.mark("save_model")
-        history = model.history
         report = {
             "rank": assignment.rank,
+            "role": assignment.role,
             "executor": assignment.executor,
-            "history": {key: [float(v) for v in values] for key, values in history.history.items()},
-            "epochs_run": len(history.epoch),
+            "history": history_of(model),
+            "epochs_run": len(model.history.epoch),
             "steps_per_epoch": steps,
             "train_rows": len(train_rows),
             "validation_rows": len(val_rows),
-            "weights_sha256": _weights_digest(model),
+            "weights_sha256": weights_digest(model),
             "keras_patches": patches,
             "seconds": clock.phases,
             "epoch_seconds": epoch_seconds,
@@ -138,23 +138,3 @@ def train(
         **fit_kwargs,
     )
     raise RuntimeError("Keras' fit returned without calling on_train_end.")
-
-
-class PhaseClock:
-    """Seconds spent in each phase of the worker process, reported to the driver."""
-
-    def __init__(self, started: float) -> None:
-        self.phases: dict[str, float] = {}
-        self._last = started
-
-    def mark(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.phases[phase] = round(now - self._last, 4)
-        self._last = now
-
-
-def _weights_digest(model: Any) -> str:
-    digest = hashlib.sha256()
-    for weights in model.get_weights():
-        digest.update(weights.tobytes())
-    return digest.hexdigest()

@@ -1,0 +1,178 @@
+"""Asynchronous training with ``tf.distribute.ParameterServerStrategy``.
+
+Keras 3's ``fit`` does not support this strategy, so the coordinator runs the loop itself:
+the model, its compiled optimizer, loss and metrics are rebuilt inside the strategy's scope
+(their variables live on the parameter servers), and every epoch the coordinator schedules
+``steps`` calls of the model's own ``train_step`` through a ``ClusterCoordinator``. Each call runs
+on whichever worker is free, on a batch of that worker's own shard. Between epochs the
+coordinator reads the metrics, evaluates the held-out rows on a local copy of the weights and
+runs the Keras callbacks, exactly where ``fit`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from sparkeras.plan import TrainingPlan, WorkerAssignment, asynchronous_steps_per_epoch
+from sparkeras.worker.report import PhaseClock, history_of, weights_digest
+
+
+def serve(assignment: WorkerAssignment) -> None:
+    """Run this task's worker or parameter server until the process is killed."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(assignment.cpus)
+    tf.config.threading.set_inter_op_parallelism_threads(max(2, assignment.cpus))
+    server = tf.distribute.Server(
+        tf.train.ClusterSpec(assignment.cluster_spec),
+        job_name=assignment.role,
+        task_index=assignment.task_index,
+        protocol="grpc",
+        start=True,
+    )
+    server.join()
+
+
+def coordinate(
+    plan: TrainingPlan, assignment: WorkerAssignment, clock: PhaseClock, report_path: str
+) -> None:
+    """Train the plan's model on the cluster's workers, then save it and write the report."""
+    import tensorflow as tf
+
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(assignment.cluster_spec),
+        task_type="chief",
+        task_id=0,
+        rpc_layer="grpc",
+    )
+    strategy = tf.distribute.ParameterServerStrategy(resolver)
+    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    clock.mark("start_strategy")
+
+    import keras
+
+    from sparkeras.serialization import (
+        model_from_bytes,
+        objects_from_bytes,
+        register_shipped_objects,
+    )
+    from sparkeras.worker import data
+
+    custom_objects = objects_from_bytes(plan.custom_objects_bytes)
+    register_shipped_objects(custom_objects)
+    keras.utils.set_random_seed(plan.seed)
+    with strategy.scope():
+        model = model_from_bytes(plan.model_bytes, custom_objects, safe_mode=plan.safe_mode)
+        if plan.learning_rate is not None:
+            model.optimizer.learning_rate = plan.learning_rate
+        # Metric, loss and optimizer variables must exist (on the parameter servers) before the
+        # first step: a step runs remotely, where no variable can be created.
+        model._symbolic_build(data_batch=_example_batch(plan))
+    callbacks = objects_from_bytes(plan.callbacks_bytes)
+    clock.mark("load_model")
+
+    workers = assignment.of_role("worker")
+    train_rows = sum(assignment.shard_rows[rank] for rank in workers)
+    steps = asynchronous_steps_per_epoch(train_rows, plan.global_batch_size, plan.steps_per_epoch)
+    shard_dirs = [assignment.shard_dirs[rank] for rank in workers]
+
+    def per_worker_dataset() -> Any:
+        return strategy.distribute_datasets_from_function(
+            lambda _: data.staged_training_dataset(
+                shard_dirs,
+                plan.features,
+                plan.label,
+                batch_size=plan.global_batch_size,
+                seed=plan.seed,
+            )
+        )
+
+    batches = iter(coordinator.create_per_worker_dataset(tf.function(per_worker_dataset)))
+
+    @tf.function
+    def train_step(iterator: Any) -> None:
+        strategy.run(model.train_step, args=(next(iterator),))
+
+    validate = _validation(plan, assignment, custom_objects)
+    callback_list = keras.callbacks.CallbackList(
+        callbacks, add_history=True, model=model, epochs=plan.epochs, steps=steps, verbose=0
+    )
+    model.stop_training = False
+    epoch_seconds: list[float] = []
+    logs: dict[str, float] = {}
+    callback_list.on_train_begin()
+    for epoch in range(plan.epochs):
+        started = time.perf_counter()
+        callback_list.on_epoch_begin(epoch)
+        model.reset_metrics()
+        for _ in range(steps):
+            coordinator.schedule(train_step, args=(batches,))
+        coordinator.join()  # raises a worker's error; a lost worker's steps are rescheduled
+        logs = {name: float(value) for name, value in model.get_metrics_result().items()}
+        if validate is not None:
+            logs.update(validate(model))
+        callback_list.on_epoch_end(epoch, logs)
+        epoch_seconds.append(round(time.perf_counter() - started, 4))
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    clock.mark("fit")
+
+    model.save(os.path.join(assignment.result_dir, "model.keras"))
+    clock.mark("save_model")
+    report = {
+        "rank": assignment.rank,
+        "role": assignment.role,
+        "executor": assignment.executor,
+        "history": history_of(model),
+        "epochs_run": len(epoch_seconds),
+        "steps_per_epoch": steps,
+        "train_rows": train_rows,
+        "validation_rows": assignment.shard_rows[assignment.rank],
+        "weights_sha256": weights_digest(model),
+        "seconds": clock.phases,
+        "epoch_seconds": epoch_seconds,
+    }
+    with open(report_path, "w") as file:
+        json.dump(report, file)
+
+
+def _example_batch(plan: TrainingPlan) -> tuple[np.ndarray, np.ndarray]:
+    """A one-row batch with the shapes and dtypes of the training data, to build variables."""
+    label_shape = (1,) if plan.label.kind == "scalar" else (1, plan.label.width)
+    return (
+        np.zeros((1, plan.features.width), np.float32),
+        np.zeros(label_shape, plan.label.dtype),
+    )
+
+
+def _validation(plan: TrainingPlan, assignment: WorkerAssignment, custom_objects: dict) -> Any:
+    """A function returning the ``val_*`` metrics of the model, or ``None`` without held-out rows.
+
+    The coordinator's own shard holds the held-out rows. They are evaluated in this process, on a
+    local copy of the model that receives the current weights: evaluation then needs no worker
+    and cannot disturb the training metrics, which live on the parameter servers.
+    """
+    rows = assignment.shard_rows[assignment.rank]
+    if rows == 0:
+        return None
+    from sparkeras.serialization import model_from_bytes
+    from sparkeras.worker import data
+
+    shard = data.open_shard(assignment.shard_dir, plan.features, plan.label)
+    dataset = data.validation_dataset(
+        shard, np.arange(rows), plan.features, plan.label, batch_size=plan.global_batch_size
+    )
+    local_model = model_from_bytes(plan.model_bytes, custom_objects, safe_mode=plan.safe_mode)
+
+    def validate(model: Any) -> dict[str, float]:
+        local_model.set_weights(model.get_weights())
+        results = local_model.evaluate(dataset, return_dict=True, verbose=0)
+        return {f"val_{name}": float(value) for name, value in results.items()}
+
+    return validate

@@ -1,11 +1,13 @@
-"""fit() wall time of sparkeras (2 workers, local[2]) divided by single-process Keras model.fit.
+"""fit() wall time and accuracy of sparkeras' strategies next to single-process Keras model.fit.
 
-Workload (issue #2): 50,000 rows x 200 float features, MLP 200-128-64-1, global batch 128,
-3 epochs. The DataFrame is cached and materialised before timing; both runs start from the same
-compiled model. Run from the repo root:
+Workload (issues #2 and #4): 50,000 rows x 200 float features, MLP 200-128-64-1, batch 128,
+3 epochs; mirrored mode with 2 workers, parameter-server mode with 2 workers and 1 parameter
+server. The DataFrame is cached and materialised before timing; every run starts from the same
+compiled model, and accuracy is the returned model's on all rows. Run from the repo root:
 
-    .venv/bin/python benchmarks/bench_fit_overhead.py          # full workload
+    .venv/bin/python benchmarks/bench_fit_overhead.py          # full workload, both strategies
     .venv/bin/python benchmarks/bench_fit_overhead.py --quick  # 5,000 rows, 1 epoch
+    .venv/bin/python benchmarks/bench_fit_overhead.py --strategies mirrored
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--strategies", default="mirrored,parameter_server")
     args = parser.parse_args()
     rows, epochs = (5_000, 1) if args.quick else (args.rows, args.epochs)
     width, batch = 200, 128
+    strategies = args.strategies.split(",")
 
     import pandas as pd
 
@@ -53,20 +57,18 @@ def main() -> None:
     features = rng.normal(size=(rows, width)).astype(np.float32)
     labels = (features @ rng.normal(size=width) > 0).astype(np.float32)
 
-    spark = get_or_create_session("local[2]", config={"spark.ui.enabled": "false"})
+    # Parameter-server mode needs a slot for the coordinator and one for the parameter server.
+    slots = args.workers + 2 if "parameter_server" in strategies else args.workers
+    spark = get_or_create_session(f"local[{slots}]", config={"spark.ui.enabled": "false"})
     spark.sparkContext.setLogLevel("ERROR")
     frame = spark.createDataFrame(
         pd.DataFrame({"features": list(features.astype(np.float64)), "label": labels})
     ).cache()
     frame.count()
 
-    model = build_model(width)
-    estimator = SparkKerasEstimator(
-        model=model, numWorkers=args.workers, epochs=epochs, batchSize=batch
-    )
-    started = time.perf_counter()
-    fitted = estimator.fit(frame)
-    sparkeras_seconds = time.perf_counter() - started
+    def accuracy(model) -> float:
+        predictions = model.predict(features, batch_size=4096, verbose=0)[:, 0]
+        return float(np.mean((predictions > 0.5) == labels))
 
     baseline = build_model(width)
     started = time.perf_counter()
@@ -74,15 +76,29 @@ def main() -> None:
     keras_seconds = time.perf_counter() - started
 
     print(f"rows={rows} width={width} batch={batch} epochs={epochs} workers={args.workers}")
-    print(
-        f"sparkeras fit: {sparkeras_seconds:.2f} s  accuracy {fitted.history['accuracy'][-1]:.4f}"
-    )
-    print(f"keras fit:     {keras_seconds:.2f} s")
-    print(f"ratio sparkeras/keras: {sparkeras_seconds / keras_seconds:.2f}")
-    for report in fitted.workerReports:
-        print(
-            f"worker {report['rank']} task (s): {report['task_seconds']} process (s): {report['seconds']} epochs (s): {report['epoch_seconds']}"
+    print(f"keras fit:                {keras_seconds:6.2f} s  accuracy {accuracy(baseline):.4f}")
+    for strategy in strategies:
+        extra = {"numPs": 1} if strategy == "parameter_server" else {}
+        estimator = SparkKerasEstimator(
+            model=build_model(width),
+            strategy=strategy,
+            numWorkers=args.workers,
+            epochs=epochs,
+            batchSize=batch,
+            **extra,
         )
+        started = time.perf_counter()
+        fitted = estimator.fit(frame)
+        seconds = time.perf_counter() - started
+        print(
+            f"sparkeras {strategy:16s}{seconds:6.2f} s  accuracy "
+            f"{accuracy(fitted.getKerasModel()):.4f}  ratio to keras {seconds / keras_seconds:.2f}"
+        )
+        for report in fitted.workerReports:
+            print(
+                f"    task {report['rank']} ({report['role']}): task (s) {report['task_seconds']}"
+                f" process (s) {report.get('seconds')} epochs (s) {report.get('epoch_seconds')}"
+            )
     spark.stop()
 
 

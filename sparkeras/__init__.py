@@ -21,6 +21,8 @@ _PUBLIC = {
     "TrainingError": "sparkeras.launch",
     "ModelSerializationError": "sparkeras.serialization",
     "get_or_create_session": "sparkeras.session",
+    "KerasClassifier": "sparkeras.sklearn",
+    "KerasRegressor": "sparkeras.sklearn",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

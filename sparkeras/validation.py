@@ -38,7 +38,7 @@ def check_compiled_model(model: Any) -> None:
     if not getattr(model, "compiled", False) or model.optimizer is None:
         raise ValueError(
             "The model is not compiled. Call model.compile(optimizer=..., loss=..., metrics=...) "
-            "before passing it to SparkKerasEstimator."
+            "before passing it to sparkeras."
         )
     if len(model.outputs) != 1:
         raise ValueError(

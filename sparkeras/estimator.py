@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import shutil
+import tempfile
+import uuid
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from pyspark import keyword_only
@@ -32,6 +38,40 @@ def check_param_map(instance: Params, extra: Any) -> None:
                 f"{type(instance).__name__} ({instance.uid}). Available: "
                 f"{sorted(p.name for p in instance.params)}."
             )
+
+
+@contextlib.contextmanager
+def _checkpoint_directory(base: str | None) -> Iterator[str]:
+    """This fit's own checkpoint directory under ``base`` (a new temporary one when ``None``).
+
+    Every fit gets a fresh directory, so only retries of its own stage resume from it. It is
+    removed when the fit succeeds; after a failure, a directory under ``base`` is kept.
+    """
+    temporary = base is None
+    root = tempfile.mkdtemp(prefix="sparkeras-checkpoints-") if temporary else base
+    directory = f"{root.rstrip('/')}/fit-{uuid.uuid4().hex}"
+    try:
+        yield directory
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+    if not temporary:
+        import tensorflow as tf
+
+        if tf.io.gfile.exists(directory):
+            tf.io.gfile.rmtree(directory)
+
+
+def _check_finite_loss(history: dict[str, list[float]]) -> None:
+    """A fit whose loss became NaN fails loudly instead of returning a broken model."""
+    losses = history.get("loss", [])
+    if any(math.isnan(loss) for loss in losses):
+        epoch = next(index for index, loss in enumerate(losses) if math.isnan(loss)) + 1
+        raise launch.TrainingError(
+            f"The training loss became NaN in epoch {epoch}, so training stopped there. Lower "
+            "the learning rate (learningRate), scale the features, or look for extreme or "
+            f"invalid values in the data. History: {history}"
+        )
 
 
 class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLReadable):
@@ -69,6 +109,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         strategy: str = "mirrored",
         numPs: int | None = None,
         stagingDir: str | None = None,
+        checkpointDir: str | None = None,
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
@@ -99,6 +140,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         strategy: str = "mirrored",
         numPs: int | None = None,
         stagingDir: str | None = None,
+        checkpointDir: str | None = None,
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
@@ -158,6 +200,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     def setStagingDir(self, value: str) -> SparkKerasEstimator:
         """Set the executor-local directory where shards are staged during a fit."""
         return self._set(stagingDir=value)
+
+    def setCheckpointDir(self, value: str) -> SparkKerasEstimator:
+        """Set the directory of the epoch checkpoints that retried stages resume from."""
+        return self._set(checkpointDir=value)
 
     def setEpochs(self, value: int) -> SparkKerasEstimator:
         """Set the number of epochs."""
@@ -237,18 +283,21 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             )
 
     def _fit(self, dataset: DataFrame) -> SparkKerasModel:
-        plan, shards = self._plan(dataset)
-        result = launch.run_training(shards, plan)
+        with _checkpoint_directory(self.getCheckpointDir()) as checkpoint_dir:
+            plan, shards = self._plan(dataset, checkpoint_dir)
+            result = launch.run_training(shards, plan)
+        history = result.chief["history"]
+        _check_finite_loss(history)
         fitted = SparkKerasModel._from_training(
             model_bytes=result.model_bytes,
             custom_objects_bytes=plan.custom_objects_bytes,
-            history=result.chief["history"],
+            history=history,
             worker_reports=result.reports,
         )
         self._print_history(fitted.history)
         return self._copyValues(fitted)
 
-    def _plan(self, dataset: DataFrame) -> tuple[TrainingPlan, DataFrame]:
+    def _plan(self, dataset: DataFrame, checkpoint_dir: str) -> tuple[TrainingPlan, DataFrame]:
         """Every driver-side check and decision; returns the plan and the sharded rows.
 
         Checks that need no data run first, so their errors come before any Spark job.
@@ -283,7 +332,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stats = validation.collect_data_stats(data, features, label)
         rows = validation.check_data(stats, features, label, self.getHandleInvalid(), num_workers)
         if stats.invalid_rows:  # handleInvalid == "skip"
-            data = data.dropna()
+            data = data.filter(~validation.invalid_rows(features, label))
         plan = TrainingPlan(
             model_bytes=model_bytes,
             custom_objects_bytes=serialization.objects_to_bytes(custom_objects),
@@ -301,6 +350,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             learning_rate=self.getLearningRate(),
             num_ps=num_ps,
             staging_dir=self.getStagingDir(),
+            checkpoint_dir=checkpoint_dir,
         )
         # Balanced, mixed shards whatever the input partitioning (skewed, too few partitions,
         # sorted by label); coalesce would be cheaper for one worker, but barrier stages reject it.

@@ -170,6 +170,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                         context.barrier()  # the coordinator is done: release the servers
                     with open(os.path.join(task_dir, "report.json")) as file:
                         report = json.load(file)
+                report["task_attempt"] = context.attemptNumber()
                 report["task_seconds"] = {
                     "write_shard": round(shard_written - started, 4),
                     "rendezvous": round(rendezvous_done - shard_written, 4),
@@ -185,8 +186,13 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         finally:
             shutil.rmtree(task_dir, ignore_errors=True)
 
+    # The shuffle after the barrier stage makes it a shuffle-map stage, which Spark retries as a
+    # whole when a task fails (up to spark.stage.maxConsecutiveAttempts times, when the task
+    # failures allowed by spark.task.maxFailures let it); a failed barrier *result* stage is
+    # never retried. A retried stage resumes from the last epoch checkpoint.
+    results = shards.mapInArrow(train_partition, RESULT_SCHEMA, barrier=True).repartition(1)
     try:
-        rows = shards.mapInArrow(train_partition, RESULT_SCHEMA, barrier=True).collect()
+        rows = results.collect()
     except Exception as error:
         detail = _worker_failure(str(error))
         if detail is None:

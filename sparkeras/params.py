@@ -223,6 +223,14 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "when the fit ends); default: the executor's temporary directory",
         typeConverter=TypeConverters.toString,
     )
+    checkpointDir: Param[str] = Param(
+        Params._dummy(),
+        "checkpointDir",
+        "directory for the epoch checkpoints a retried training stage resumes from (any path "
+        "TensorFlow's file system can write; on a cluster, one every executor can reach); "
+        "default: a temporary directory on the driver, fine for local and local-cluster masters",
+        typeConverter=TypeConverters.toString,
+    )
     epochs: Param[int] = Param(
         Params._dummy(),
         "epochs",
@@ -304,6 +312,10 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     def getStagingDir(self) -> str | None:
         """Return the executor-local staging directory, or ``None`` for the temporary directory."""
         return self.getOrDefault(self.stagingDir) if self.isDefined(self.stagingDir) else None
+
+    def getCheckpointDir(self) -> str | None:
+        """Return the checkpoint directory, or ``None`` for a temporary one per fit."""
+        return self.getOrDefault(self.checkpointDir) if self.isDefined(self.checkpointDir) else None
 
     def getEpochs(self) -> int:
         """Return the number of epochs."""

@@ -61,6 +61,8 @@ class TrainingPlan:
     learning_rate: float | None = None
     num_ps: int = 0
     staging_dir: str | None = None
+    #: This fit's own checkpoint directory (see ``worker/checkpoint.py``).
+    checkpoint_dir: str = ""
 
     @property
     def roles(self) -> list[Role]:

@@ -103,6 +103,16 @@ def _check_no_nulls(column: pa.Array, name: str) -> None:
         )
 
 
+def _check_finite(values: np.ndarray, name: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise ShardDataError(
+            f"Column '{name}' has {int((~finite).sum())} NaN or infinite value(s) in this shard. "
+            "Replace or drop them before fitting (handleInvalid='skip' drops such rows itself "
+            "for array and numeric columns; for Vector columns filter them first)."
+        )
+
+
 def _list_parts(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Row lengths and the flattened values of a list array (slices and offsets respected)."""
     lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
@@ -117,6 +127,7 @@ def _to_coo(column: pa.Array, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray
     """
     _check_no_nulls(column, spec.column)
     lengths, values = _list_parts(column.field("values"))
+    _check_finite(values, spec.column)
     kinds = column.field("type").to_numpy(zero_copy_only=False)
     is_sparse = kinds == _SPARSE_VECTOR
     if is_sparse.any():
@@ -141,6 +152,7 @@ def features_to_dense(column: pa.Array, spec: FeatureSpec) -> np.ndarray:
         source = column if spec.kind == "array" else column.field("values")
         lengths, values = _list_parts(source)
         _check_widths(lengths, spec)
+        _check_finite(values, spec.column)
         return values.astype(np.float32, copy=False).reshape(len(column), spec.width)
     lengths, cols, values = _to_coo(column, spec)
     dense = np.zeros((len(column), spec.width), dtype=np.float32)
@@ -165,6 +177,7 @@ def _labels_to_numpy(column: pa.Array, spec: LabelSpec) -> np.ndarray:
     _check_no_nulls(column, spec.column)
     if spec.kind == "scalar":
         values: Any = column.to_numpy(zero_copy_only=False)
+        _check_finite(values, spec.column)
     else:
         label_features = FeatureSpec(column=spec.column, kind=spec.kind, width=spec.width)
         values = features_to_dense(column, label_features)

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from pyspark.ml.linalg import VectorUDT
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
@@ -164,9 +164,28 @@ class DataStats:
     label_widths: tuple[int, int] | None
 
 
-def collect_data_stats(data: DataFrame, features: FeatureSpec, label: LabelSpec) -> DataStats:
-    """Count rows and rows with nulls, and the min/max width of array columns, in one job."""
+def invalid_rows(features: FeatureSpec, label: LabelSpec) -> Column:
+    """True for rows with a null, or a NaN or infinite number in an array or scalar column.
+
+    Vector columns are a user-defined type that SQL cannot look into without densifying every
+    row; their values are checked by the executors as they write the shards.
+    """
+
+    def non_finite(value: Column) -> Column:
+        return F.isnan(value) | (F.abs(value) == F.lit(float("inf")))
+
     invalid = F.col(features.column).isNull() | F.col(label.column).isNull()
+    for column, kind in ((features.column, features.kind), (label.column, label.kind)):
+        if kind == "array":
+            invalid = invalid | F.exists(column, non_finite)
+    if label.kind == "scalar" and label.dtype == "float32":
+        invalid = invalid | non_finite(F.col(label.column))
+    return invalid
+
+
+def collect_data_stats(data: DataFrame, features: FeatureSpec, label: LabelSpec) -> DataStats:
+    """Count rows and invalid rows, and the min/max width of array columns, in one job."""
+    invalid = invalid_rows(features, label)
     aggregates = [F.count(F.lit(1)), F.count(F.when(invalid, 1))]
 
     def widths(column: str, kind: str) -> list:
@@ -191,8 +210,9 @@ def check_data(
         raise ValueError("The training DataFrame is empty; there is nothing to fit.")
     if stats.invalid_rows and handle_invalid == "error":
         raise ValueError(
-            f"{stats.invalid_rows} of {stats.rows} rows have a null in '{features.column}' or "
-            f"'{label.column}'. Fill or drop them, or set handleInvalid='skip' to drop and count them."
+            f"{stats.invalid_rows} of {stats.rows} rows have a null, NaN or infinite value in "
+            f"'{features.column}' or '{label.column}'. Fill or drop them (e.g. with Imputer), or "
+            "set handleInvalid='skip' to drop and count them."
         )
     if stats.feature_widths and stats.feature_widths != (features.width, features.width):
         found = next(w for w in stats.feature_widths if w != features.width)

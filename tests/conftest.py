@@ -101,3 +101,34 @@ def worker_processes() -> list:
 def spark_jobs(spark) -> int:
     """How many Spark jobs this session has run (without a job group)."""
     return len(spark.sparkContext.statusTracker().getJobIdsForGroup())
+
+
+def kill_once_callback(marker: str, epoch: int):
+    """A Keras callback that SIGKILLs its own process at the end of ``epoch``, once per marker.
+
+    The first process to create ``marker`` dies, as a lost executor or an OOM kill would; every
+    later call (the other worker, a retried attempt) does nothing.
+    """
+    import keras
+
+    class KillOnce(keras.callbacks.Callback):
+        def on_epoch_end(self, current, logs=None):
+            if current != epoch:
+                return
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), 9)
+
+    return KillOnce()
+
+
+def leftover_temp_entries() -> set[str]:
+    """Task and checkpoint directories of sparkeras in the temporary directory."""
+    import glob
+    import tempfile
+
+    root = tempfile.gettempdir()
+    patterns = ("sparkeras-task*", "sparkeras-checkpoints-*")
+    return {path for pattern in patterns for path in glob.glob(os.path.join(root, pattern))}

@@ -75,6 +75,15 @@ def test_wrong_width_and_nulls_are_clear_errors(tmp_path):
     nulls = pa.RecordBatch.from_pydict({"f": [[1.0], None], "l": [1.0, 0.0]})
     with pytest.raises(ShardDataError, match=r"Column 'f' has 1 null.*handleInvalid='skip'"):
         write_shard(iter([nulls]), str(tmp_path), FeatureSpec("f", "array", 1), label)
+    # Vector values cannot be checked on the driver without densifying: the shard writer does.
+    not_finite = pa.RecordBatch.from_arrays([MIXED, pa.array([1.0, np.nan, 1, 0])], ["f", "l"])
+    with pytest.raises(ShardDataError, match=r"Column 'l' has 1 NaN or infinite value"):
+        write_shard(iter([not_finite]), str(tmp_path), FeatureSpec("f", "vector", 3), label)
+    bad_vectors = vectors([dense([np.nan, 1.0, 2.0]), sparse(3, [1], [np.inf])])
+    batch = pa.RecordBatch.from_arrays([bad_vectors, pa.array([1.0, 0.0])], ["f", "l"])
+    for storage in ("dense", "sparse"):
+        with pytest.raises(ShardDataError, match=r"Column 'f' has 2 NaN or infinite value"):
+            write_shard(iter([batch]), str(tmp_path), FeatureSpec("f", "vector", 3, storage), label)
 
 
 def test_epoch_order_visits_every_row_and_tops_up():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import keras
@@ -257,15 +258,24 @@ def test_a_failing_worker_fails_fast_with_its_traceback(data):
 
 def test_skip_invalid_rows_drops_and_trains(spark):
     features, labels = separable(300, WIDTH, seed=4)
+    bad = [
+        (None, 1.0),
+        ([float("nan")] + [0.0] * (WIDTH - 1), 1.0),
+        ([float("inf")] + [0.0] * (WIDTH - 1), 0.0),
+        ([0.0] * WIDTH, float("nan")),
+    ]
     frame = array_frame(spark, features, labels).union(
-        spark.createDataFrame([(None, 1.0)], "features array<double>, label double")
+        spark.createDataFrame(bad, "features array<double>, label double")
     )
-    with pytest.raises(ValueError, match=r"1 of 301 rows have a null.*handleInvalid='skip'"):
+    with pytest.raises(
+        ValueError, match=r"4 of 304 rows have a null, NaN or infinite value.*handleInvalid='skip'"
+    ):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2).fit(frame)
     result = SparkKerasEstimator(
         model=binary_model(WIDTH), numWorkers=2, handleInvalid="skip", batchSize=30
     ).fit(frame)
     assert sum(report["train_rows"] for report in result.workerReports) == 300
+    assert all(math.isfinite(loss) for loss in result.history["loss"])
 
 
 def test_bad_rows_found_by_the_workers_are_reported(spark):
@@ -332,7 +342,9 @@ def test_bad_models_are_rejected_on_the_driver(data):
         UserWarning,
         match=r"batchSize=65 is not divisible by numWorkers=2.*32 rows.*global batch of 64",
     ):
-        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=65)._plan(frame)
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=65)._plan(
+            frame, "unused"
+        )
     with pytest.raises(ValueError, match=r"batchSize=1 is smaller than the 2"):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=1).fit(frame)
 

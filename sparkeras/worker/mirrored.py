@@ -10,7 +10,7 @@ from typing import Any
 
 from sparkeras.plan import TrainingPlan, WorkerAssignment, per_replica_batch_size, steps_per_epoch
 from sparkeras.plan import validation_rows_per_worker as validation_rows
-from sparkeras.worker.report import PhaseClock, history_of, weights_digest
+from sparkeras.worker.report import PhaseClock, weights_digest
 
 #: Gradients are packed into all-reduce messages of up to this size.
 GRADIENT_PACK_BYTES = 32 * 1024 * 1024
@@ -48,16 +48,23 @@ def train(
         objects_from_bytes,
         register_shipped_objects,
     )
-    from sparkeras.worker import data, keras_compat
+    from sparkeras.worker import checkpoint, data, keras_compat
 
     patches = keras_compat.apply() if plan.num_workers > 1 else []
     custom_objects = objects_from_bytes(plan.custom_objects_bytes)
     register_shipped_objects(custom_objects)
+    # A retried stage resumes from the last completed epoch: weights, optimizer state, history.
+    state = checkpoint.read_state(plan.checkpoint_dir)
+    initial_epoch = state["epochs_done"] if state else 0
+    model_bytes = checkpoint.read_model(plan.checkpoint_dir, state) if state else plan.model_bytes
     with strategy.scope():
-        model = model_from_bytes(plan.model_bytes, custom_objects, safe_mode=plan.safe_mode)
-        if plan.learning_rate is not None:
+        model = model_from_bytes(model_bytes, custom_objects, safe_mode=plan.safe_mode)
+        if plan.learning_rate is not None and state is None:
             model.optimizer.learning_rate = plan.learning_rate
     callbacks = objects_from_bytes(plan.callbacks_bytes)
+    epoch_checkpoint = checkpoint.EpochCheckpoint(
+        plan.checkpoint_dir, is_chief=assignment.rank == 0, state=state
+    )
     clock.mark("load_model")
 
     local_replicas = strategy.num_replicas_in_sync // plan.num_workers
@@ -69,28 +76,6 @@ def train(
     shard = data.open_shard(assignment.shard_dir, plan.features, plan.label)
     train_rows, val_rows = data.split_validation(shard.rows, held_out, plan.seed + assignment.rank)
     seed = plan.seed * 7919 + assignment.rank
-
-    train_data = strategy.distribute_datasets_from_function(
-        lambda _: data.training_dataset(
-            shard,
-            train_rows,
-            plan.features,
-            plan.label,
-            batch_size=batch,
-            steps=steps * local_replicas,
-            epochs=plan.epochs,
-            seed=seed,
-        )
-    )
-    fit_kwargs: dict[str, Any] = {}
-    if held_out:
-        # Finite and the same length on every worker; no validation_steps, because Keras reuses an
-        # exhausted iterator when it is set with a tf.distribute dataset (also on one worker).
-        fit_kwargs["validation_data"] = strategy.distribute_datasets_from_function(
-            lambda _: data.validation_dataset(
-                shard, val_rows, plan.features, plan.label, batch_size=batch
-            )
-        )
 
     keras.utils.set_random_seed(plan.seed)  # dropout and other random ops, same on all workers
     epoch_starts: list[float] = []
@@ -105,8 +90,9 @@ def train(
             "rank": assignment.rank,
             "role": assignment.role,
             "executor": assignment.executor,
-            "history": history_of(model),
-            "epochs_run": len(model.history.epoch),
+            "history": epoch_checkpoint.history,
+            "epochs_run": len(epoch_seconds),
+            "resumed_from_epoch": initial_epoch,
             "steps_per_epoch": steps,
             "train_rows": len(train_rows),
             "validation_rows": len(val_rows),
@@ -128,11 +114,37 @@ def train(
         ),
         on_train_end=finish,
     )
+    if initial_epoch >= plan.epochs:  # the previous attempt died after its last checkpoint
+        finish(None)
+    train_data = strategy.distribute_datasets_from_function(
+        lambda _: data.training_dataset(
+            shard,
+            train_rows,
+            plan.features,
+            plan.label,
+            batch_size=batch,
+            steps=steps * local_replicas,
+            epochs=plan.epochs - initial_epoch,
+            seed=seed + initial_epoch,
+        )
+    )
+    fit_kwargs: dict[str, Any] = {}
+    if held_out:
+        # Finite and the same length on every worker; no validation_steps, because Keras reuses an
+        # exhausted iterator when it is set with a tf.distribute dataset (also on one worker).
+        fit_kwargs["validation_data"] = strategy.distribute_datasets_from_function(
+            lambda _: data.validation_dataset(
+                shard, val_rows, plan.features, plan.label, batch_size=batch
+            )
+        )
+
     model.fit(
         train_data,
         epochs=plan.epochs,
+        initial_epoch=initial_epoch,
         steps_per_epoch=steps,
-        callbacks=[*callbacks, bookkeeping],  # last, so every user callback has run
+        # Last, so that every user callback has run (and changed the logs) before them.
+        callbacks=[*callbacks, checkpoint.StopOnNaN(), epoch_checkpoint, bookkeeping],
         shuffle=False,  # the datasets shuffle per epoch themselves
         verbose=2,
         **fit_kwargs,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sparkeras.plan import TrainingPlan, WorkerAssignment, asynchronous_steps_per_epoch
-from sparkeras.worker.report import PhaseClock, history_of, weights_digest
+from sparkeras.worker.report import PhaseClock, weights_digest
 
 
 def serve(assignment: WorkerAssignment) -> None:
@@ -61,14 +61,18 @@ def coordinate(
         objects_from_bytes,
         register_shipped_objects,
     )
-    from sparkeras.worker import data
+    from sparkeras.worker import checkpoint, data
 
     custom_objects = objects_from_bytes(plan.custom_objects_bytes)
     register_shipped_objects(custom_objects)
     keras.utils.set_random_seed(plan.seed)
+    # A retried stage resumes from the last completed epoch: weights, optimizer state, history.
+    state = checkpoint.read_state(plan.checkpoint_dir)
+    initial_epoch = state["epochs_done"] if state else 0
+    model_bytes = checkpoint.read_model(plan.checkpoint_dir, state) if state else plan.model_bytes
     with strategy.scope():
-        model = model_from_bytes(plan.model_bytes, custom_objects, safe_mode=plan.safe_mode)
-        if plan.learning_rate is not None:
+        model = model_from_bytes(model_bytes, custom_objects, safe_mode=plan.safe_mode)
+        if plan.learning_rate is not None and state is None:
             model.optimizer.learning_rate = plan.learning_rate
         # Metric, loss and optimizer variables must exist (on the parameter servers) before the
         # first step: a step runs remotely, where no variable can be created.
@@ -88,7 +92,7 @@ def coordinate(
                 plan.features,
                 plan.label,
                 batch_size=plan.global_batch_size,
-                seed=plan.seed,
+                seed=plan.seed + initial_epoch,
             )
         )
 
@@ -99,14 +103,20 @@ def coordinate(
         strategy.run(model.train_step, args=(next(iterator),))
 
     validate = _validation(plan, assignment, custom_objects)
+    epoch_checkpoint = checkpoint.EpochCheckpoint(plan.checkpoint_dir, is_chief=True, state=state)
     callback_list = keras.callbacks.CallbackList(
-        callbacks, add_history=True, model=model, epochs=plan.epochs, steps=steps, verbose=0
+        [*callbacks, checkpoint.StopOnNaN(), epoch_checkpoint],
+        add_history=True,
+        model=model,
+        epochs=plan.epochs,
+        steps=steps,
+        verbose=0,
     )
     model.stop_training = False
     epoch_seconds: list[float] = []
     logs: dict[str, float] = {}
     callback_list.on_train_begin()
-    for epoch in range(plan.epochs):
+    for epoch in range(initial_epoch, plan.epochs):
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
         model.reset_metrics()
@@ -129,8 +139,9 @@ def coordinate(
         "rank": assignment.rank,
         "role": assignment.role,
         "executor": assignment.executor,
-        "history": history_of(model),
+        "history": epoch_checkpoint.history,
         "epochs_run": len(epoch_seconds),
+        "resumed_from_epoch": initial_epoch,
         "steps_per_epoch": steps,
         "train_rows": train_rows,
         "validation_rows": assignment.shard_rows[assignment.rank],

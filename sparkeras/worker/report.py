@@ -26,8 +26,3 @@ def weights_digest(model: Any) -> str:
     for weights in model.get_weights():
         digest.update(weights.tobytes())
     return digest.hexdigest()
-
-
-def history_of(model: Any) -> dict[str, list[float]]:
-    """The Keras ``History`` of the last fit, as plain floats."""
-    return {key: [float(v) for v in values] for key, values in model.history.history.items()}

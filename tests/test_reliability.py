@@ -1,0 +1,148 @@
+"""Faults, retries, cancellation: local[4,4] lets Spark retry a failed training stage."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import keras
+import pytest
+from conftest import (
+    array_frame,
+    binary_model,
+    kill_once_callback,
+    leftover_temp_entries,
+    separable,
+    start_session,
+    worker_processes,
+)
+from pyspark.sql import SparkSession
+
+from sparkeras import SparkKerasEstimator, TrainingError
+
+pytestmark = pytest.mark.spark
+WIDTH = 10
+
+
+@pytest.fixture(scope="module")
+def spark_retrying():
+    """Four task slots, and up to 4 failures per task, so that failed stages are retried."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+    session = start_session("local[4,4]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def frame(spark_retrying):
+    features, labels = separable(2000, WIDTH)
+    return array_frame(spark_retrying, features, labels).cache()
+
+
+def wait_until_no_worker_process(seconds: float = 20) -> list:
+    deadline = time.monotonic() + seconds
+    while worker_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return worker_processes()
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "parameter_server"])
+def test_a_killed_process_is_retried_and_training_resumes_from_the_checkpoint(
+    frame, strategy, tmp_path
+):
+    before = leftover_temp_entries()
+    # Dies at the end of epoch 2 (index 1), before that epoch's checkpoint: the retried stage
+    # resumes after epoch 1. Mirrored: one of the two workers; parameter server: the coordinator.
+    killer = kill_once_callback(str(tmp_path / "killed"), epoch=1)
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH),
+        strategy=strategy,
+        numWorkers=2,
+        epochs=4,
+        batchSize=64,
+        callbacks=[killer],
+    ).fit(frame)
+    assert (tmp_path / "killed").exists()  # the fault really happened
+    chief = result.workerReports[0]
+    assert chief["resumed_from_epoch"] == 1
+    assert chief["epochs_run"] == 3  # epochs 2, 3 and 4 in the retried attempt
+    assert all(len(values) == 4 for values in result.history.values())  # exactly `epochs`
+    assert result.history["accuracy"][-1] >= 0.9
+    assert wait_until_no_worker_process() == []
+    assert leftover_temp_entries() <= before  # task and checkpoint directories are removed
+
+
+class RaiseInEpochOne(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("boom in epoch one")
+
+
+def test_an_error_is_not_retried_over_and_over(frame):
+    started = time.monotonic()
+    with pytest.raises(TrainingError, match="boom in epoch one") as failure:
+        SparkKerasEstimator(
+            model=binary_model(WIDTH), numWorkers=2, epochs=3, callbacks=[RaiseInEpochOne()]
+        ).fit(frame)
+    message = str(failure.value)
+    assert "Traceback" in message and "on_epoch_begin" in message
+    # Spark retried the stage, and the retry failed at once with the recorded error.
+    assert "An earlier attempt failed with this error" in message
+    assert time.monotonic() - started < 90
+    assert wait_until_no_worker_process() == []
+
+
+def nan_loss(y_true, y_pred):
+    return keras.ops.mean(keras.ops.log(y_pred - 2.0))  # log of a negative number
+
+
+def test_a_nan_loss_stops_training_and_fails_the_fit(frame):
+    model = binary_model(WIDTH)
+    model.compile(optimizer="adam", loss=nan_loss)
+    with pytest.raises(TrainingError, match=r"loss became NaN in epoch 1, so training stopped"):
+        SparkKerasEstimator(
+            model=model, numWorkers=2, epochs=5, customObjects={"nan_loss": nan_loss}
+        ).fit(frame)
+
+
+def test_cancelling_the_job_leaves_no_process(spark_retrying, frame):
+    outcome = {}
+
+    def fit() -> None:
+        try:
+            SparkKerasEstimator(
+                model=binary_model(WIDTH), numWorkers=2, epochs=200, batchSize=32
+            ).fit(frame)
+        except Exception as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(worker_processes()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # into training
+    spark_retrying.sparkContext.cancelAllJobs()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert "cancel" in str(outcome["error"]).lower()
+    assert wait_until_no_worker_process() == []
+
+
+def test_ctrl_c_on_the_driver_leaves_no_process(frame):
+    def interrupt_when_training() -> None:
+        deadline = time.monotonic() + 60
+        while len(worker_processes()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+        signal.raise_signal(signal.SIGINT)  # as Ctrl-C in a terminal or a notebook
+
+    threading.Thread(target=interrupt_when_training, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, epochs=200, batchSize=32).fit(
+            frame
+        )
+    assert wait_until_no_worker_process() == []

@@ -110,6 +110,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         numPs: int | None = None,
         stagingDir: str | None = None,
         checkpointDir: str | None = None,
+        stallTimeout: float = 600.0,
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
@@ -141,6 +142,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         numPs: int | None = None,
         stagingDir: str | None = None,
         checkpointDir: str | None = None,
+        stallTimeout: float = 600.0,
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
@@ -204,6 +206,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     def setCheckpointDir(self, value: str) -> SparkKerasEstimator:
         """Set the directory of the epoch checkpoints that retried stages resume from."""
         return self._set(checkpointDir=value)
+
+    def setStallTimeout(self, value: float) -> SparkKerasEstimator:
+        """Set the seconds without progress after which a worker counts as stuck."""
+        return self._set(stallTimeout=value)
 
     def setEpochs(self, value: int) -> SparkKerasEstimator:
         """Set the number of epochs."""
@@ -351,6 +357,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             num_ps=num_ps,
             staging_dir=self.getStagingDir(),
             checkpoint_dir=checkpoint_dir,
+            stall_timeout=self.getStallTimeout(),
         )
         # Balanced, mixed shards whatever the input partitioning (skewed, too few partitions,
         # sorted by label); coalesce would be cheaper for one worker, but barrier stages reject it.

@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkeras.plan import Role, TrainingPlan, WorkerAssignment
+from sparkeras.plan import HEARTBEAT_FILE, Role, TrainingPlan, WorkerAssignment
 
 RESULT_SCHEMA = "rank int, kind string, seq int, payload binary"
 #: Size of the rows that carry the trained model back to the driver.
@@ -114,6 +114,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     """
     plan_json = plan.to_json()
     features, label, roles, staging_dir = plan.features, plan.label, plan.roles, plan.staging_dir
+    stall_timeout = plan.stall_timeout
 
     def train_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import BarrierTaskContext
@@ -165,7 +166,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     report = {"rank": rank, "role": role, "executor": executor}
                     report["server_restarts"] = restarts
                 else:
-                    worker.run(rank)
+                    worker.run(rank, stall_timeout)
                     if "ps" in roles:
                         context.barrier()  # the coordinator is done: release the servers
                     with open(os.path.join(task_dir, "report.json")) as file:
@@ -320,10 +321,29 @@ class _WorkerProcess:
         self.process.stdin.write(b"go\n")
         self.process.stdin.close()
 
-    def run(self, rank: int) -> None:
-        """Let the process train (plan and assignment are written) and wait for it."""
+    def run(self, rank: int, stall_timeout: float) -> None:
+        """Let the process train (plan and assignment are written) and wait for it.
+
+        The process touches ``heartbeat`` in the task directory as training advances; when it
+        has not for ``stall_timeout`` seconds, the process is killed and the task fails, so a
+        stuck worker ends in a retry or an error instead of a hang.
+        """
         self._go()
-        exit_code = self.process.wait()
+        heartbeat = os.path.join(self.task_dir, HEARTBEAT_FILE)
+        started = time.time()
+        while True:
+            try:
+                exit_code = self.process.wait(timeout=SERVER_POLL_SECONDS * 4)
+                break
+            except subprocess.TimeoutExpired:
+                last = os.path.getmtime(heartbeat) if os.path.exists(heartbeat) else started
+                if time.time() - max(last, started) > stall_timeout:
+                    self.close()
+                    raise _fail(
+                        f"Training worker {rank} made no progress for {stall_timeout:g} s "
+                        "(stallTimeout): a worker is stuck, or a step, an evaluation or a "
+                        "checkpoint takes longer than that. Raise stallTimeout if it is slow work."
+                    ) from None
         if exit_code != 0:
             raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
 

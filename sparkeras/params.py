@@ -231,6 +231,14 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "default: a temporary directory on the driver, fine for local and local-cluster masters",
         typeConverter=TypeConverters.toString,
     )
+    stallTimeout: Param[float] = Param(
+        Params._dummy(),
+        "stallTimeout",
+        "seconds without a finished training step after which a worker counts as stuck: its "
+        "task fails, and the stage is retried (resuming from the last checkpoint) or the fit "
+        "fails; it must exceed the slowest step, evaluation or checkpoint",
+        typeConverter=_to_positive_float("stallTimeout"),
+    )
     epochs: Param[int] = Param(
         Params._dummy(),
         "epochs",
@@ -295,6 +303,7 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
             verbose=0,
             handleInvalid="error",
             seed=0,
+            stallTimeout=600.0,
         )
 
     def getNumWorkers(self) -> int:
@@ -316,6 +325,10 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     def getCheckpointDir(self) -> str | None:
         """Return the checkpoint directory, or ``None`` for a temporary one per fit."""
         return self.getOrDefault(self.checkpointDir) if self.isDefined(self.checkpointDir) else None
+
+    def getStallTimeout(self) -> float:
+        """Return the seconds without progress after which a worker counts as stuck."""
+        return self.getOrDefault(self.stallTimeout)
 
     def getEpochs(self) -> int:
         """Return the number of epochs."""

@@ -11,6 +11,9 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+#: The file in a task's directory that its training process touches as it makes progress.
+HEARTBEAT_FILE = "heartbeat"
+
 FeatureKind = Literal["vector", "array"]
 Role = Literal["worker", "chief", "ps"]
 LabelKind = Literal["scalar", "array", "vector"]
@@ -63,6 +66,8 @@ class TrainingPlan:
     staging_dir: str | None = None
     #: This fit's own checkpoint directory (see ``worker/checkpoint.py``).
     checkpoint_dir: str = ""
+    #: Seconds without training progress after which a worker counts as stuck.
+    stall_timeout: float = 600.0
 
     @property
     def roles(self) -> list[Role]:

@@ -8,9 +8,15 @@ import sys
 import time
 from typing import Any
 
-from sparkeras.plan import TrainingPlan, WorkerAssignment, per_replica_batch_size, steps_per_epoch
+from sparkeras.plan import (
+    HEARTBEAT_FILE,
+    TrainingPlan,
+    WorkerAssignment,
+    per_replica_batch_size,
+    steps_per_epoch,
+)
 from sparkeras.plan import validation_rows_per_worker as validation_rows
-from sparkeras.worker.report import PhaseClock, weights_digest
+from sparkeras.worker.report import Heartbeat, PhaseClock, weights_digest
 
 #: Gradients are packed into all-reduce messages of up to this size.
 GRADIENT_PACK_BYTES = 32 * 1024 * 1024
@@ -144,7 +150,13 @@ def train(
         initial_epoch=initial_epoch,
         steps_per_epoch=steps,
         # Last, so that every user callback has run (and changed the logs) before them.
-        callbacks=[*callbacks, checkpoint.StopOnNaN(), epoch_checkpoint, bookkeeping],
+        callbacks=[
+            *callbacks,
+            checkpoint.StopOnNaN(),
+            epoch_checkpoint,
+            Heartbeat(os.path.join(assignment.result_dir, HEARTBEAT_FILE)),
+            bookkeeping,
+        ],
         shuffle=False,  # the datasets shuffle per epoch themselves
         verbose=2,
         **fit_kwargs,

@@ -18,8 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from sparkeras.plan import TrainingPlan, WorkerAssignment, asynchronous_steps_per_epoch
-from sparkeras.worker.report import PhaseClock, weights_digest
+from sparkeras.plan import (
+    HEARTBEAT_FILE,
+    TrainingPlan,
+    WorkerAssignment,
+    asynchronous_steps_per_epoch,
+)
+from sparkeras.worker.report import Heartbeat, PhaseClock, weights_digest
+
+#: How often the coordinator checks the parameter servers' step count while it waits.
+JOIN_POLL_SECONDS = 0.5
 
 
 def serve(assignment: WorkerAssignment) -> None:
@@ -102,7 +110,8 @@ def coordinate(
     def train_step(iterator: Any) -> None:
         strategy.run(model.train_step, args=(next(iterator),))
 
-    validate = _validation(plan, assignment, custom_objects)
+    heartbeat = Heartbeat(os.path.join(assignment.result_dir, HEARTBEAT_FILE))
+    validate = _validation(plan, assignment, custom_objects, heartbeat)
     epoch_checkpoint = checkpoint.EpochCheckpoint(plan.checkpoint_dir, is_chief=True, state=state)
     callback_list = keras.callbacks.CallbackList(
         [*callbacks, checkpoint.StopOnNaN(), epoch_checkpoint],
@@ -122,7 +131,7 @@ def coordinate(
         model.reset_metrics()
         for _ in range(steps):
             coordinator.schedule(train_step, args=(batches,))
-        coordinator.join()  # raises a worker's error; a lost worker's steps are rescheduled
+        _join(coordinator, model.optimizer.iterations, heartbeat)
         logs = {name: float(value) for name, value in model.get_metrics_result().items()}
         if validate is not None:
             logs.update(validate(model))
@@ -162,7 +171,25 @@ def _example_batch(plan: TrainingPlan) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _validation(plan: TrainingPlan, assignment: WorkerAssignment, custom_objects: dict) -> Any:
+def _join(coordinator: Any, iterations: Any, heartbeat: Heartbeat) -> None:
+    """Wait for the scheduled steps, beating the heartbeat while the step count advances.
+
+    Raises a worker's error; the steps of a lost worker are rescheduled by the coordinator.
+    """
+    applied = None
+    while not coordinator.done():
+        current = int(iterations.numpy())  # optimizer steps applied on the parameter servers
+        if current != applied:
+            applied = current
+            heartbeat.beat()
+        time.sleep(JOIN_POLL_SECONDS)
+    coordinator.join()
+    heartbeat.beat()
+
+
+def _validation(
+    plan: TrainingPlan, assignment: WorkerAssignment, custom_objects: dict, heartbeat: Heartbeat
+) -> Any:
     """A function returning the ``val_*`` metrics of the model, or ``None`` without held-out rows.
 
     The coordinator's own shard holds the held-out rows. They are evaluated in this process, on a
@@ -183,7 +210,7 @@ def _validation(plan: TrainingPlan, assignment: WorkerAssignment, custom_objects
 
     def validate(model: Any) -> dict[str, float]:
         local_model.set_weights(model.get_weights())
-        results = local_model.evaluate(dataset, return_dict=True, verbose=0)
+        results = local_model.evaluate(dataset, return_dict=True, verbose=0, callbacks=[heartbeat])
         return {f"val_{name}": float(value) for name, value in results.items()}
 
     return validate

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Any
+
+import keras
 
 
 class PhaseClock:
@@ -26,3 +29,34 @@ def weights_digest(model: Any) -> str:
     for weights in model.get_weights():
         digest.update(weights.tobytes())
     return digest.hexdigest()
+
+
+class Heartbeat(keras.callbacks.Callback):
+    """Touches ``path`` (at most once a second) whenever a training or evaluation step ends.
+
+    The Spark task watches the file and fails when it goes stale (``stallTimeout``).
+    """
+
+    #: Keras may run these hooks on its callback thread: the training loop never waits on them.
+    async_safe = True
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._last = 0.0
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= 1.0:
+            self._last = now
+            with open(self.path, "a"):
+                os.utime(self.path)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.beat()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.beat()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.beat()

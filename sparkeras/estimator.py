@@ -44,22 +44,23 @@ def check_param_map(instance: Params, extra: Any) -> None:
 def _checkpoint_directory(base: str | None) -> Iterator[str]:
     """This fit's own checkpoint directory under ``base`` (a new temporary one when ``None``).
 
-    Every fit gets a fresh directory, so only retries of its own stage resume from it. It is
-    removed when the fit succeeds; after a failure, a directory under ``base`` is kept.
+    Every fit gets a fresh directory, so only retries of its own stage resume from it. Workers
+    write into it only while it exists. It is removed when the fit succeeds; after a failure, a
+    directory under a user-given ``base`` is kept for inspection.
     """
+    import tensorflow as tf  # the file system of checkpointDir may be hdfs://, gs://...
+
     temporary = base is None
     root = tempfile.mkdtemp(prefix="sparkeras-checkpoints-") if temporary else base
     directory = f"{root.rstrip('/')}/fit-{uuid.uuid4().hex}"
+    tf.io.gfile.makedirs(directory)
     try:
         yield directory
     finally:
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
     if not temporary:
-        import tensorflow as tf
-
-        if tf.io.gfile.exists(directory):
-            tf.io.gfile.rmtree(directory)
+        tf.io.gfile.rmtree(directory)
 
 
 def _check_finite_loss(history: dict[str, list[float]]) -> None:

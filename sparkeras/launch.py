@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +44,9 @@ RESULT_SCHEMA = "rank int, kind string, seq int, payload binary"
 CHUNK_BYTES = 8 * 1024 * 1024
 #: Lines of a failed worker's log quoted in the error.
 LOG_TAIL_LINES = 40
+#: Task directories are named ``<prefix><rank>-<random>`` and record their task's process id.
+TASK_DIR_PREFIX = "sparkeras-task"
+OWNER_FILE = "owner.pid"
 #: Rendezvous rounds tried before giving up on distinct ports for every task.
 RENDEZVOUS_ROUNDS = 3
 #: Times a parameter-server cluster's worker or parameter server is restarted after dying.
@@ -186,6 +190,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                             yield _result_batch(rank, "model", chunk, seq)
         finally:
             shutil.rmtree(task_dir, ignore_errors=True)
+            _remove_orphaned_task_dirs(os.path.dirname(task_dir))
 
     # The shuffle after the barrier stage makes it a shuffle-map stage, which Spark retries as a
     # whole when a task fails (up to spark.stage.maxConsecutiveAttempts times, when the task
@@ -193,7 +198,8 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     # never retried. A retried stage resumes from the last epoch checkpoint.
     results = shards.mapInArrow(train_partition, RESULT_SCHEMA, barrier=True).repartition(1)
     try:
-        rows = results.collect()
+        with _cancelled_on_interrupt(shards.sparkSession):
+            rows = results.collect()
     except Exception as error:
         detail = _worker_failure(str(error))
         if detail is None:
@@ -202,18 +208,64 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     return _assemble(rows)
 
 
+@contextlib.contextmanager
+def _cancelled_on_interrupt(spark: SparkSession) -> Iterator[None]:
+    """Cancel the jobs started inside on Ctrl-C (``KeyboardInterrupt``) and re-raise.
+
+    PySpark's own Ctrl-C handler can itself be interrupted before it cancels the job (seen with
+    PySpark 4.3), which would leave the barrier stage training. The jobs carry a tag: the
+    SparkContext's job tag in classic Spark, the session's operation tag over Spark Connect.
+    """
+    tag = f"sparkeras-training-{uuid.uuid4().hex}"
+    try:
+        context = spark.sparkContext
+        add, cancel, remove = context.addJobTag, context.cancelJobsWithTag, context.removeJobTag
+    except Exception:  # Spark Connect has no SparkContext
+        add, cancel, remove = spark.addTag, spark.interruptTag, spark.removeTag
+    add(tag)
+    try:
+        yield
+    except KeyboardInterrupt:
+        cancel(tag)
+        raise
+    finally:
+        remove(tag)
+
+
 def _make_task_dir(staging_dir: str | None, rank: int) -> str:
-    """A fresh directory for this task's shard and files, under ``stagingDir`` when set."""
+    """A fresh directory for this task's shard and files, under ``stagingDir`` when set.
+
+    Directories left by tasks whose Python worker was killed (Spark kills the other tasks of a
+    failed barrier stage, so their ``finally`` never runs) are removed first.
+    """
     try:
         if staging_dir is not None:
             os.makedirs(staging_dir, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f"sparkeras-task{rank}-", dir=staging_dir)
+        _remove_orphaned_task_dirs(staging_dir or tempfile.gettempdir())
+        task_dir = tempfile.mkdtemp(prefix=f"{TASK_DIR_PREFIX}{rank}-", dir=staging_dir)
+        with open(os.path.join(task_dir, OWNER_FILE), "w") as file:
+            file.write(str(os.getpid()))
+        return task_dir
     except OSError as error:
         raise _fail(
             f"Cannot create the task directory under stagingDir={staging_dir!r} on "
             f"{socket.gethostname()}: {error}. Set stagingDir to a writable directory on every "
             "executor's local disk."
         ) from None
+
+
+def _remove_orphaned_task_dirs(root: str) -> None:
+    for entry in os.scandir(root):
+        if not entry.name.startswith(TASK_DIR_PREFIX) or not entry.is_dir():
+            continue
+        try:
+            with open(os.path.join(entry.path, OWNER_FILE)) as file:
+                owner = int(file.read())
+            os.kill(owner, 0)  # raises when the task's Python worker is gone
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # being created, or not ours to judge
 
 
 def _worker_failure(message: str) -> str | None:

@@ -135,18 +135,22 @@ def test_cancelling_the_job_leaves_no_process(spark_retrying, frame):
 
 
 def test_ctrl_c_on_the_driver_leaves_no_process(frame):
+    main_thread = threading.main_thread().ident
+
     def interrupt_when_training() -> None:
         deadline = time.monotonic() + 60
         while len(worker_processes()) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(3)
-        signal.raise_signal(signal.SIGINT)  # as Ctrl-C in a terminal or a notebook
+        signal.pthread_kill(main_thread, signal.SIGINT)  # Ctrl-C, delivered to the driver
 
     threading.Thread(target=interrupt_when_training, daemon=True).start()
+    started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, epochs=200, batchSize=32).fit(
             frame
         )
+    assert time.monotonic() - started < 40  # interrupted, not 200 epochs later
     assert wait_until_no_worker_process() == []
 
 

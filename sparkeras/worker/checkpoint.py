@@ -53,7 +53,8 @@ def is_retryable(error: BaseException) -> bool:
 
 def record_failure(directory: str, text: str) -> None:
     """Remember an error that a retry would repeat, so that retries fail at once with it."""
-    tf.io.gfile.makedirs(directory)
+    if not tf.io.gfile.exists(directory):
+        return  # the fit is over (the driver removed the directory)
     with tf.io.gfile.GFile(_join(directory, FAILURE_FILE), "w") as file:
         file.write(text)
 
@@ -86,7 +87,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self._save(epoch + 1)
 
     def _save(self, epochs_done: int) -> None:
-        tf.io.gfile.makedirs(self.directory)
+        if not tf.io.gfile.exists(self.directory):
+            return  # the fit is over (the driver removed the directory)
         model_file = f"epoch-{epochs_done}.keras"
         with tempfile.TemporaryDirectory() as scratch:
             local = os.path.join(scratch, model_file)

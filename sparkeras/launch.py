@@ -37,7 +37,14 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkeras.plan import HEARTBEAT_FILE, Role, TrainingPlan, WorkerAssignment
+from sparkeras.plan import (
+    FAILURE_FILE,
+    HEARTBEAT_FILE,
+    REPEATED_FAILURE_NOTE,
+    Role,
+    TrainingPlan,
+    WorkerAssignment,
+)
 
 RESULT_SCHEMA = "rank int, kind string, seq int, payload binary"
 #: Size of the rows that carry the trained model back to the driver.
@@ -118,7 +125,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     """
     plan_json = plan.to_json()
     features, label, roles, staging_dir = plan.features, plan.label, plan.roles, plan.staging_dir
-    stall_timeout = plan.stall_timeout
+    stall_timeout, checkpoint_dir = plan.stall_timeout, plan.checkpoint_dir
 
     def train_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import BarrierTaskContext
@@ -128,6 +135,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         context = BarrierTaskContext.get()
         rank = context.partitionId()
         role = roles[rank]
+        _fail_if_failed_before(checkpoint_dir)
         task_dir = _make_task_dir(staging_dir, rank)
         started = time.time()
         try:
@@ -230,6 +238,18 @@ def _cancelled_on_interrupt(spark: SparkSession) -> Iterator[None]:
         raise
     finally:
         remove(tag)
+
+
+def _fail_if_failed_before(checkpoint_dir: str) -> None:
+    """Fail a retried attempt at once when an earlier one recorded an error it would repeat.
+
+    Only for a local checkpoint directory; a remote one (``hdfs://``...) needs TensorFlow's file
+    system, so the training process checks it after starting.
+    """
+    path = os.path.join(checkpoint_dir, FAILURE_FILE)
+    if "://" not in checkpoint_dir and os.path.exists(path):
+        with open(path) as file:
+            raise _fail(f"{file.read()}\n{REPEATED_FAILURE_NOTE}")
 
 
 def _make_task_dir(staging_dir: str | None, rank: int) -> str:

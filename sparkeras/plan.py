@@ -13,6 +13,12 @@ from typing import Any, Literal
 
 #: The file in a task's directory that its training process touches as it makes progress.
 HEARTBEAT_FILE = "heartbeat"
+#: The file in a fit's checkpoint directory that holds an error a retry would only repeat.
+FAILURE_FILE = "failure.txt"
+#: How a retried attempt's failure says that it repeats an earlier attempt's error.
+REPEATED_FAILURE_NOTE = (
+    "(An earlier attempt failed with this error; retrying the stage would repeat it.)"
+)
 
 FeatureKind = Literal["vector", "array"]
 Role = Literal["worker", "chief", "ps"]

@@ -19,8 +19,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from sparkeras.plan import FAILURE_FILE
+
 STATE_FILE = "state.json"
-FAILURE_FILE = "failure.txt"
 
 #: TensorFlow errors of a lost peer or an interrupted collective: the next attempt may succeed.
 _RETRYABLE_ERRORS = (

@@ -23,6 +23,7 @@ _PUBLIC = {
     "get_or_create_session": "sparkeras.session",
     "KerasClassifier": "sparkeras.sklearn",
     "KerasRegressor": "sparkeras.sklearn",
+    "plot_history": "sparkeras.plotting",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

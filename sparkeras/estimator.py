@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.util
 import math
 import shutil
 import tempfile
@@ -17,7 +19,7 @@ from pyspark.ml.param import Param, Params
 from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame
 
-from sparkeras import launch, partitioning, serialization, validation
+from sparkeras import launch, partitioning, progress, serialization, validation
 from sparkeras.model import SparkKerasModel
 from sparkeras.params import SparkKerasTrainingParams
 from sparkeras.persistence import SparkKerasReader, SparkKerasWriter
@@ -112,6 +114,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stagingDir: str | None = None,
         checkpointDir: str | None = None,
         stallTimeout: float = 600.0,
+        logDir: str | None = None,
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
@@ -144,6 +147,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stagingDir: str | None = None,
         checkpointDir: str | None = None,
         stallTimeout: float = 600.0,
+        logDir: str | None = None,
         epochs: int = 1,
         batchSize: int = 32,
         stepsPerEpoch: int | None = None,
@@ -207,6 +211,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     def setCheckpointDir(self, value: str) -> SparkKerasEstimator:
         """Set the directory of the epoch checkpoints that retried stages resume from."""
         return self._set(checkpointDir=value)
+
+    def setLogDir(self, value: str) -> SparkKerasEstimator:
+        """Set the directory for the chief's TensorBoard logs."""
+        return self._set(logDir=value)
 
     def setStallTimeout(self, value: float) -> SparkKerasEstimator:
         """Set the seconds without progress after which a worker counts as stuck."""
@@ -290,8 +298,13 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             )
 
     def _fit(self, dataset: DataFrame) -> SparkKerasModel:
-        with _checkpoint_directory(self.getCheckpointDir()) as checkpoint_dir:
+        display = progress.ProgressDisplay(self.getVerbose())
+        with (
+            _checkpoint_directory(self.getCheckpointDir()) as checkpoint_dir,
+            progress.progress_channel(dataset.sparkSession, display) as (address, secret),
+        ):
             plan, shards = self._plan(dataset, checkpoint_dir)
+            plan = dataclasses.replace(plan, progress_address=address, progress_secret=secret)
             result = launch.run_training(shards, plan)
         history = result.chief["history"]
         _check_finite_loss(history)
@@ -301,7 +314,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             history=history,
             worker_reports=result.reports,
         )
-        self._print_history(fitted.history)
+        if not address:  # no live progress reached the driver: show the epochs now
+            self._print_history(fitted.history)
         return self._copyValues(fitted)
 
     def _plan(self, dataset: DataFrame, checkpoint_dir: str) -> tuple[TrainingPlan, DataFrame]:
@@ -329,6 +343,11 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         )
         roles = task_roles(strategy, num_workers, num_ps)
         launch.check_task_slots(dataset.sparkSession, roles)
+        if self.getLogDir() is not None and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "logDir needs the tensorboard package on the driver and the executors: "
+                "pip install 'sparkeras[tensorboard]' (or tensorboard), or unset logDir."
+            )
         model_bytes = serialization.model_to_bytes(model)
         custom_objects = serialization.custom_objects_to_ship(model_bytes, self.getCustomObjects())
         # Rebuilding here turns "unknown layer" surprises on the executors into a driver error.
@@ -359,6 +378,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             staging_dir=self.getStagingDir(),
             checkpoint_dir=checkpoint_dir,
             stall_timeout=self.getStallTimeout(),
+            log_dir=self.getLogDir() or "",
         )
         # Balanced, mixed shards whatever the input partitioning (skewed, too few partitions,
         # sorted by label); coalesce would be cheaper for one worker, but barrier stages reject it.

@@ -88,6 +88,12 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
         """One dict per worker: rank, history, rows, steps per epoch and a digest of its weights."""
         return [dict(report) for report in self._worker_reports]
 
+    def plotHistory(self, path: str | None = None) -> Any:
+        """Plot the training history (see :func:`sparkeras.plot_history`); returns the figure."""
+        from sparkeras.plotting import plot_history
+
+        return plot_history(self.history, path)
+
     def getKerasModel(self) -> Any:
         """The trained, compiled ``keras.Model`` (rebuilt once, then cached)."""
         if self._keras_model is None:

@@ -231,6 +231,12 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "default: a temporary directory on the driver, fine for local and local-cluster masters",
         typeConverter=TypeConverters.toString,
     )
+    logDir: Param[str] = Param(
+        Params._dummy(),
+        "logDir",
+        "directory for TensorBoard logs written by the chief (epoch scalars); unset for none",
+        typeConverter=TypeConverters.toString,
+    )
     stallTimeout: Param[float] = Param(
         Params._dummy(),
         "stallTimeout",
@@ -286,7 +292,8 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     verbose: Param[int] = Param(
         Params._dummy(),
         "verbose",
-        "0 silent, 1 or 2 print one line per epoch on the driver when training ends",
+        "0 silent, 1 live progress on the driver (epoch, steps, ETA, the chief's metrics), "
+        "2 one line per epoch",
         typeConverter=TypeConverters.toInt,
     )
 
@@ -325,6 +332,10 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     def getCheckpointDir(self) -> str | None:
         """Return the checkpoint directory, or ``None`` for a temporary one per fit."""
         return self.getOrDefault(self.checkpointDir) if self.isDefined(self.checkpointDir) else None
+
+    def getLogDir(self) -> str | None:
+        """Return the TensorBoard log directory, or ``None``."""
+        return self.getOrDefault(self.logDir) if self.isDefined(self.logDir) else None
 
     def getStallTimeout(self) -> float:
         """Return the seconds without progress after which a worker counts as stuck."""

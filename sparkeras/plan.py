@@ -74,6 +74,11 @@ class TrainingPlan:
     checkpoint_dir: str = ""
     #: Seconds without training progress after which a worker counts as stuck.
     stall_timeout: float = 600.0
+    #: Where the chief sends live progress (``host:port``, empty for none) and its secret.
+    progress_address: str = ""
+    progress_secret: str = ""
+    #: TensorBoard log directory written by the chief, empty for none.
+    log_dir: str = ""
 
     @property
     def roles(self) -> list[Role]:

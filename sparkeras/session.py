@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 
@@ -27,6 +28,12 @@ def get_or_create_session(
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise RuntimeError(
+            "Spark needs Java 17 or newer, and no 'java' is on PATH (nor JAVA_HOME set). Install "
+            "it, e.g. 'sudo apt-get install -y openjdk-17-jre-headless' (Debian/Ubuntu) or 'brew "
+            "install openjdk@17' (macOS), then try again."
+        )
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (

@@ -16,6 +16,7 @@ from sparkeras.plan import (
     steps_per_epoch,
 )
 from sparkeras.plan import validation_rows_per_worker as validation_rows
+from sparkeras.worker.progress import ProgressReporter, chief_callbacks
 from sparkeras.worker.report import Heartbeat, PhaseClock, weights_digest
 
 #: Gradients are packed into all-reduce messages of up to this size.
@@ -68,6 +69,8 @@ def train(
         if plan.learning_rate is not None and state is None:
             model.optimizer.learning_rate = plan.learning_rate
     callbacks = objects_from_bytes(plan.callbacks_bytes)
+    if assignment.rank == 0:
+        callbacks += chief_callbacks(plan)
     epoch_checkpoint = checkpoint.EpochCheckpoint(
         plan.checkpoint_dir, is_chief=assignment.rank == 0, state=state
     )
@@ -155,6 +158,15 @@ def train(
             checkpoint.StopOnNaN(),
             epoch_checkpoint,
             Heartbeat(os.path.join(assignment.result_dir, HEARTBEAT_FILE)),
+            *(
+                [
+                    ProgressReporter(
+                        plan.progress_address, plan.progress_secret, epochs=plan.epochs, steps=steps
+                    )
+                ]
+                if assignment.rank == 0
+                else []
+            ),
             bookkeeping,
         ],
         shuffle=False,  # the datasets shuffle per epoch themselves

@@ -24,6 +24,7 @@ from sparkeras.plan import (
     WorkerAssignment,
     asynchronous_steps_per_epoch,
 )
+from sparkeras.worker.progress import ProgressReporter, chief_callbacks
 from sparkeras.worker.report import Heartbeat, PhaseClock, weights_digest
 
 #: How often the coordinator checks the parameter servers' step count while it waits.
@@ -85,7 +86,7 @@ def coordinate(
         # Metric, loss and optimizer variables must exist (on the parameter servers) before the
         # first step: a step runs remotely, where no variable can be created.
         model._symbolic_build(data_batch=_example_batch(plan))
-    callbacks = objects_from_bytes(plan.callbacks_bytes)
+    callbacks = objects_from_bytes(plan.callbacks_bytes) + chief_callbacks(plan)
     clock.mark("load_model")
 
     workers = assignment.of_role("worker")
@@ -113,8 +114,11 @@ def coordinate(
     heartbeat = Heartbeat(os.path.join(assignment.result_dir, HEARTBEAT_FILE))
     validate = _validation(plan, assignment, custom_objects, heartbeat)
     epoch_checkpoint = checkpoint.EpochCheckpoint(plan.checkpoint_dir, is_chief=True, state=state)
+    reporter = ProgressReporter(
+        plan.progress_address, plan.progress_secret, epochs=plan.epochs, steps=steps
+    )
     callback_list = keras.callbacks.CallbackList(
-        [*callbacks, checkpoint.StopOnNaN(), epoch_checkpoint],
+        [*callbacks, checkpoint.StopOnNaN(), epoch_checkpoint, reporter],
         add_history=True,
         model=model,
         epochs=plan.epochs,
@@ -131,7 +135,7 @@ def coordinate(
         model.reset_metrics()
         for _ in range(steps):
             coordinator.schedule(train_step, args=(batches,))
-        _join(coordinator, model.optimizer.iterations, heartbeat)
+        _join(coordinator, model.optimizer.iterations, heartbeat, reporter)
         logs = {name: float(value) for name, value in model.get_metrics_result().items()}
         if validate is not None:
             logs.update(validate(model))
@@ -171,17 +175,21 @@ def _example_batch(plan: TrainingPlan) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _join(coordinator: Any, iterations: Any, heartbeat: Heartbeat) -> None:
-    """Wait for the scheduled steps, beating the heartbeat while the step count advances.
+def _join(
+    coordinator: Any, iterations: Any, heartbeat: Heartbeat, reporter: ProgressReporter
+) -> None:
+    """Wait for the scheduled steps, beating the heartbeat and reporting progress while the
+    step count advances.
 
     Raises a worker's error; the steps of a lost worker are rescheduled by the coordinator.
     """
-    applied = None
+    start = applied = int(iterations.numpy())  # optimizer steps applied on the parameter servers
     while not coordinator.done():
-        current = int(iterations.numpy())  # optimizer steps applied on the parameter servers
+        current = int(iterations.numpy())
         if current != applied:
             applied = current
             heartbeat.beat()
+            reporter.step(current - start)
         time.sleep(JOIN_POLL_SECONDS)
     coordinator.join()
     heartbeat.beat()

@@ -31,9 +31,11 @@ def plot_history(history: dict[str, list[float]], path: str | None = None) -> An
     if path is not None:
         matplotlib.use("Agg", force=False)  # no display needed to write a file
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     names = [name for name in history if not name.startswith("val_")]
     names += [name[4:] for name in history if name.startswith("val_") and name[4:] not in history]
+    names.sort(key=lambda name: name != "loss")  # the loss first, then the metrics
     if not names:
         raise ValueError("The history is empty: there is nothing to plot.")
     figure = Figure(figsize=(4.5 * len(names), 3.4), layout="constrained")
@@ -45,6 +47,7 @@ def plot_history(history: dict[str, list[float]], path: str | None = None) -> An
                 axis.plot(range(1, len(values) + 1), values, marker="o", label=label)
         axis.set_title(name)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend()
         axis.grid(alpha=0.3)
     if path is not None:

@@ -114,6 +114,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stagingDir: str | None = None,
         checkpointDir: str | None = None,
         stallTimeout: float = 600.0,
+        weightCol: str | None = None,
         logDir: str | None = None,
         epochs: int = 1,
         batchSize: int = 32,
@@ -147,6 +148,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stagingDir: str | None = None,
         checkpointDir: str | None = None,
         stallTimeout: float = 600.0,
+        weightCol: str | None = None,
         logDir: str | None = None,
         epochs: int = 1,
         batchSize: int = 32,
@@ -215,6 +217,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     def setLogDir(self, value: str) -> SparkKerasEstimator:
         """Set the directory for the chief's TensorBoard logs."""
         return self._set(logDir=value)
+
+    def setWeightCol(self, value: str) -> SparkKerasEstimator:
+        """Set the column of per-row sample weights."""
+        return self._set(weightCol=value)
 
     def setStallTimeout(self, value: float) -> SparkKerasEstimator:
         """Set the seconds without progress after which a worker counts as stuck."""
@@ -341,6 +347,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         label = validation.label_spec(
             dataset.schema, self.getLabelCol(), validation.model_output_width(model)
         )
+        weight_column = self.getWeightCol() if self.isDefined(self.weightCol) else None
+        label = validation.with_weights(dataset.schema, label, weight_column or None)
         roles = task_roles(strategy, num_workers, num_ps)
         launch.check_task_slots(dataset.sparkSession, roles)
         if self.getLogDir() is not None and importlib.util.find_spec("tensorboard") is None:
@@ -354,7 +362,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         serialization.model_from_bytes(model_bytes, custom_objects, safe_mode=self.getSafeMode())
 
         # The only Spark job before training, once everything else has been checked.
-        data = dataset.select(features.column, label.column)
+        columns = [features.column, label.column, label.weight_column]
+        data = dataset.select(*[column for column in columns if column is not None])
         stats = validation.collect_data_stats(data, features, label)
         rows = validation.check_data(stats, features, label, self.getHandleInvalid(), num_workers)
         if stats.invalid_rows:  # handleInvalid == "skip"

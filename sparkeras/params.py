@@ -16,6 +16,7 @@ from pyspark.ml.param.shared import (
     HasProbabilityCol,
     HasRawPredictionCol,
     HasSeed,
+    HasWeightCol,
 )
 
 STRATEGIES = ("mirrored", "parameter_server")
@@ -195,7 +196,7 @@ class SparkKerasModelParams(_SharedParams):
         return self.getOrDefault(self.inferenceBatchSize)
 
 
-class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSeed):
+class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSeed, HasWeightCol):
     """Params of :class:`SparkKerasEstimator`."""
 
     numWorkers: Param[int] = Param(

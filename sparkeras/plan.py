@@ -48,6 +48,8 @@ class LabelSpec:
     kind: LabelKind
     width: int
     dtype: Literal["float32", "int32"]
+    #: A numeric column of per-row weights (Keras' ``sample_weight``), or ``None``.
+    weight_column: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,10 @@ VECTOR_ARROW_TYPE = pa.struct(
 _SPARSE_VECTOR = 0
 
 
+#: Per-row sample weights (float32), present when the plan has a weight column.
+WEIGHTS_FILE = "weights.f32"
+
+
 class ShardDataError(ValueError):
     """A row cannot be turned into the tensor the model expects."""
 
@@ -58,6 +62,8 @@ def write_shard(
         else ["features.f32"]
     )
     label_file_name = f"labels.{label.dtype}"
+    if label.weight_column is not None:
+        names.append(WEIGHTS_FILE)
     rows = 0
     with contextlib.ExitStack() as stack:
         files: dict[str, BinaryIO] = {
@@ -78,6 +84,8 @@ def write_shard(
             files[label_file_name].write(
                 _labels_to_numpy(batch.column(label.column), label).tobytes()
             )
+            if label.weight_column is not None:
+                files[WEIGHTS_FILE].write(_weights_to_numpy(batch.column(label.weight_column)))
             rows += batch.num_rows
     if features.storage == "sparse":
         _row_counts_to_indptr(directory)
@@ -171,6 +179,16 @@ def _width_message(spec: FeatureSpec, found: int) -> str:
         f"Column '{spec.column}' has a row of width {found}, but the model expects {spec.width} "
         "features. Every row must have the same width as the model's input."
     )
+
+
+def _weights_to_numpy(column: pa.Array) -> bytes:
+    name = "the weight column"
+    _check_no_nulls(column, name)
+    weights = column.to_numpy(zero_copy_only=False).astype(np.float32)
+    _check_finite(weights, name)
+    if (weights < 0).any():
+        raise ShardDataError(f"{name} has {int((weights < 0).sum())} negative weight(s).")
+    return weights.tobytes()
 
 
 def _labels_to_numpy(column: pa.Array, spec: LabelSpec) -> np.ndarray:

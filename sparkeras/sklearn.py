@@ -204,11 +204,6 @@ class _KerasEstimator(BaseEstimator):
     def _fit_on_spark(
         self, X: np.ndarray, targets: np.ndarray, weights: Any, epochs: int, fit_kwargs: dict
     ) -> dict[str, list[float]]:
-        if weights is not None:
-            raise ValueError(
-                "sample_weight and class_weight are only supported in-process for now; "
-                "set num_workers=None, or train without weights."
-            )
         if fit_kwargs:
             raise ValueError(
                 f"fit__ parameters {sorted(fit_kwargs)} are Keras fit arguments and only apply "
@@ -221,8 +216,10 @@ class _KerasEstimator(BaseEstimator):
         from sparkeras.session import get_or_create_session
 
         spark = SparkSession.getActiveSession() or get_or_create_session()
-        labels = list(targets) if targets.ndim > 1 else targets
-        frame = spark.createDataFrame(pd.DataFrame({"features": list(X), "label": labels}))
+        columns = {"features": list(X), "label": list(targets) if targets.ndim > 1 else targets}
+        if weights is not None:
+            columns["weight"] = weights
+        frame = spark.createDataFrame(pd.DataFrame(columns))
         estimator = SparkKerasEstimator(
             model=self.model_,
             numWorkers=self.num_workers,
@@ -234,6 +231,7 @@ class _KerasEstimator(BaseEstimator):
             callbacks=list(self.callbacks or []),
             customObjects=self.custom_objects,
             seed=0 if self.random_state is None else self.random_state,
+            weightCol="weight" if weights is not None else None,
         )
         fitted = estimator.fit(frame)
         self.model_ = fitted.getKerasModel()

@@ -142,6 +142,19 @@ def label_spec(schema: StructType, column: str, width: int) -> LabelSpec:
     )
 
 
+def with_weights(schema: StructType, label: LabelSpec, column: str | None) -> LabelSpec:
+    """``label`` with its per-row weight column, which must be numeric."""
+    if column is None:
+        return label
+    data_type = _field_type(schema, column, "weight")
+    if not isinstance(data_type, NumericType):
+        raise TypeError(
+            f"weight column '{column}' has type {data_type.simpleString()}; sample weights must "
+            "be a numeric column."
+        )
+    return dataclasses.replace(label, weight_column=column)
+
+
 def _vector_size_from_metadata(metadata: dict) -> int | None:
     size = metadata.get("ml_attr", {}).get("num_attrs")
     return int(size) if size is not None else None
@@ -165,7 +178,8 @@ class DataStats:
 
 
 def invalid_rows(features: FeatureSpec, label: LabelSpec) -> Column:
-    """True for rows with a null, or a NaN or infinite number in an array or scalar column.
+    """True for rows with a null, or a NaN or infinite number in an array or scalar column, or
+    a negative weight.
 
     Vector columns are a user-defined type that SQL cannot look into without densifying every
     row; their values are checked by the executors as they write the shards.
@@ -180,6 +194,9 @@ def invalid_rows(features: FeatureSpec, label: LabelSpec) -> Column:
             invalid = invalid | F.exists(column, non_finite)
     if label.kind == "scalar" and label.dtype == "float32":
         invalid = invalid | non_finite(F.col(label.column))
+    if label.weight_column is not None:
+        weight = F.col(label.weight_column)
+        invalid = invalid | weight.isNull() | non_finite(weight) | (weight < 0)
     return invalid
 
 
@@ -211,8 +228,10 @@ def check_data(
     if stats.invalid_rows and handle_invalid == "error":
         raise ValueError(
             f"{stats.invalid_rows} of {stats.rows} rows have a null, NaN or infinite value in "
-            f"'{features.column}' or '{label.column}'. Fill or drop them (e.g. with Imputer), or "
-            "set handleInvalid='skip' to drop and count them."
+            f"'{features.column}' or '{label.column}'"
+            + (f", or a negative weight in '{label.weight_column}'" if label.weight_column else "")
+            + ". Fill or drop them (e.g. with Imputer), or set handleInvalid='skip' to drop and "
+            "count them."
         )
     if stats.feature_widths and stats.feature_widths != (features.width, features.width):
         found = next(w for w in stats.feature_widths if w != features.width)

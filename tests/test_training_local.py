@@ -377,3 +377,26 @@ def test_python_hash_matches_spark_and_shards_are_balanced_and_reproducible(spar
     )
     assert first == again
     assert sum(first) == 2000 and min(first) > 900
+
+
+def test_sample_weights_from_a_weight_column(spark):
+    features, labels = separable(600, WIDTH, seed=12)
+    frame = array_frame(spark, features, labels).withColumn(
+        "weight", F.when(F.col("label") > 0, 0.0).otherwise(1.0)
+    )
+    # Every positive row weighs nothing: the model only learns the negatives.
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, epochs=3, batchSize=30, weightCol="weight"
+    ).fit(frame)
+    predicted = result.transform(frame).selectExpr("avg(prediction)").first()[0]
+    assert predicted < 0.1
+    negative = frame.withColumn("weight", F.lit(-1.0))
+    with pytest.raises(
+        ValueError,
+        match=r"600 of 600 rows have a null, NaN or infinite value .*or a negative weight in .weight.",
+    ):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, weightCol="weight").fit(
+            negative
+        )
+    with pytest.raises(ValueError, match="weight column 'nope' is not in the DataFrame"):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, weightCol="nope").fit(frame)

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from sparkeras.plan import FeatureSpec, LabelSpec
+from sparkeras.shards import WEIGHTS_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Shard:
     features: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]
     labels: np.ndarray
     width: int
+    weights: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -34,11 +36,15 @@ class Shard:
     def sparse(self) -> bool:
         return isinstance(self.features, tuple)
 
-    def take(self, index: np.ndarray) -> tuple[object, np.ndarray]:
-        """Rows ``index`` as (features, labels); sparse features as a ``tf.SparseTensor``."""
-        labels = self.labels[index]
+    def take(self, index: np.ndarray) -> tuple:
+        """Rows ``index`` as (features, labels[, weights]); sparse features as a
+        ``tf.SparseTensor``."""
+        weights = () if self.weights is None else (self.weights[index],)
+        return (self._features(index), self.labels[index], *weights)
+
+    def _features(self, index: np.ndarray) -> object:
         if not self.sparse:
-            return self.features[index], labels
+            return self.features[index]
         indptr, indices, values = self.features
         starts, ends = indptr[index], indptr[index + 1]
         lengths = ends - starts
@@ -48,7 +54,7 @@ class Shard:
         row_ids = np.repeat(np.arange(len(index), dtype=np.int64), lengths)
         coordinates = np.stack([row_ids, indices[positions].astype(np.int64)], axis=1)
         sparse = tf.SparseTensor(coordinates, values[positions], (len(index), self.width))
-        return tf.sparse.reorder(sparse), labels
+        return tf.sparse.reorder(sparse)
 
 
 def open_shard(directory: str, features: FeatureSpec, label: LabelSpec) -> Shard:
@@ -63,6 +69,7 @@ def open_shard(directory: str, features: FeatureSpec, label: LabelSpec) -> Shard
 
     label_shape = (rows,) if label.kind == "scalar" else (rows, label.width)
     labels = mapped(f"labels.{label.dtype}", label.dtype, label_shape)
+    weights = None if label.weight_column is None else mapped(WEIGHTS_FILE, "float32", (rows,))
     if features.storage == "sparse":
         indptr = np.fromfile(os.path.join(directory, "indptr.i64"), dtype=np.int64)
         nnz = int(indptr[-1])
@@ -71,8 +78,9 @@ def open_shard(directory: str, features: FeatureSpec, label: LabelSpec) -> Shard
             mapped("indices.i32", "int32", (nnz,)),
             mapped("values.f32", "float32", (nnz,)),
         )
-        return Shard(csr, labels, features.width)
-    return Shard(mapped("features.f32", "float32", (rows, features.width)), labels, features.width)
+        return Shard(csr, labels, features.width, weights)
+    dense = mapped("features.f32", "float32", (rows, features.width))
+    return Shard(dense, labels, features.width, weights)
 
 
 def split_validation(rows: int, validation_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +104,8 @@ def _signature(shard: Shard, features: FeatureSpec, label: LabelSpec) -> tuple:
         else tf.TensorSpec((None, features.width), tf.float32)
     )
     label_shape = (None,) if label.kind == "scalar" else (None, label.width)
-    return feature_spec, tf.TensorSpec(label_shape, tf.as_dtype(label.dtype))
+    weights = () if label.weight_column is None else (tf.TensorSpec((None,), tf.float32),)
+    return (feature_spec, tf.TensorSpec(label_shape, tf.as_dtype(label.dtype)), *weights)
 
 
 def training_dataset(
@@ -129,11 +138,13 @@ def training_dataset(
             lambda: (shard.take(index) for index in orders),
             output_signature=_signature(shard, features, label),
         ).prefetch(tf.data.AUTOTUNE)
-    feature_values = tf.constant(np.asarray(shard.features))
-    label_values = tf.constant(np.asarray(shard.labels))
+    columns = [shard.features, shard.labels]
+    if shard.weights is not None:
+        columns.append(shard.weights)
+    tensors = [tf.constant(np.asarray(column)) for column in columns]
     batches = tf.data.Dataset.from_tensor_slices(orders.astype(np.int32))
     return batches.map(
-        lambda index: (tf.gather(feature_values, index), tf.gather(label_values, index)),
+        lambda index: tuple(tf.gather(tensor, index) for tensor in tensors),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).prefetch(tf.data.AUTOTUNE)
 
@@ -176,6 +187,7 @@ def staged_training_dataset(
     labels = read(f"labels.{label.dtype}", tf.as_dtype(label.dtype))
     if label.kind != "scalar":
         labels = tf.reshape(labels, [-1, label.width])
+    weights = [] if label.weight_column is None else [read(WEIGHTS_FILE, tf.float32)]
     if features.storage == "sparse":
         csr = (
             read("indptr.i64", tf.int64),
@@ -183,14 +195,15 @@ def staged_training_dataset(
             read("values.f32", tf.float32),
         )
 
-        def take(index: tf.Tensor) -> tuple[tf.SparseTensor, tf.Tensor]:
-            return _sparse_rows(*csr, index, features.width), tf.gather(labels, index)
+        def take(index: tf.Tensor) -> tuple:
+            rest = (tf.gather(tensor, index) for tensor in [labels, *weights])
+            return (_sparse_rows(*csr, index, features.width), *rest)
 
     else:
         values = tf.reshape(read("features.f32", tf.float32), [-1, features.width])
 
-        def take(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return tf.gather(values, index), tf.gather(labels, index)
+        def take(index: tf.Tensor) -> tuple:
+            return tuple(tf.gather(tensor, index) for tensor in [values, labels, *weights])
 
     rows = tf.shape(labels, out_type=tf.int64)[0]
     order = tf.data.Dataset.range(rows).shuffle(rows, seed=seed, reshuffle_each_iteration=True)

@@ -24,18 +24,23 @@ def start_session(master: str):
     return session
 
 
-def start_cluster(master: str, slots: int):
-    """A standalone cluster session (``local-cluster[...]``), once its executors offer ``slots``."""
-    import time
-
+def restart_session(master: str):
+    """A session on ``master``, after stopping the active one (one SparkContext per process)."""
     from pyspark.sql import SparkSession
-
-    from sparkeras.launch import available_task_slots
 
     active = SparkSession.getActiveSession()
     if active is not None:
         active.stop()
-    session = start_session(master)
+    return start_session(master)
+
+
+def start_cluster(master: str, slots: int):
+    """A standalone cluster session (``local-cluster[...]``), once its executors offer ``slots``."""
+    import time
+
+    from sparkeras.launch import available_task_slots
+
+    session = restart_session(master)
     # Executors register asynchronously; wait until they all offer their slots.
     deadline = time.monotonic() + 60
     while (available_task_slots(session) or 0) < slots and time.monotonic() < deadline:

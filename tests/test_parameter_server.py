@@ -13,13 +13,12 @@ import tensorflow as tf
 from conftest import (
     array_frame,
     binary_model,
+    restart_session,
     separable,
     spark_jobs,
-    start_session,
     worker_processes,
 )
 from pyspark.ml.functions import array_to_vector
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from sparkeras import SparkKerasEstimator, SparkKerasModel, TrainingError
@@ -31,10 +30,7 @@ WIDTH = 10
 @pytest.fixture(scope="module")
 def spark4():
     """local[4]: one slot each for the coordinator, two workers and one parameter server."""
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-    session = start_session("local[4]")
+    session = restart_session("local[4]")
     yield session
     session.stop()
 

@@ -14,11 +14,10 @@ from conftest import (
     binary_model,
     kill_once_callback,
     leftover_temp_entries,
+    restart_session,
     separable,
-    start_session,
     worker_processes,
 )
-from pyspark.sql import SparkSession
 
 from sparkeras import SparkKerasEstimator, TrainingError
 
@@ -28,11 +27,8 @@ WIDTH = 10
 
 @pytest.fixture(scope="module")
 def spark_retrying():
-    """Four task slots, and up to 4 failures per task, so that failed stages are retried."""
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-    session = start_session("local[4,4]")
+    """Four task slots, and up to 4 failures per task."""
+    session = restart_session("local[4,4]")
     yield session
     session.stop()
 

@@ -47,6 +47,23 @@ def read_model(directory: str, state: dict[str, Any]) -> bytes:
         return file.read()
 
 
+def model_to_train(plan: Any, strategy: Any, custom_objects: dict) -> tuple[Any, dict | None]:
+    """The model to train, built in ``strategy``'s scope, and the state it resumes from.
+
+    A retried stage gets the last checkpoint (weights, optimizer state) and its state; a first
+    attempt gets the plan's model, with the plan's learning rate when one is set.
+    """
+    from sparkeras.serialization import model_from_bytes
+
+    state = read_state(plan.checkpoint_dir)
+    model_bytes = read_model(plan.checkpoint_dir, state) if state else plan.model_bytes
+    with strategy.scope():
+        model = model_from_bytes(model_bytes, custom_objects, safe_mode=plan.safe_mode)
+        if plan.learning_rate is not None and state is None:
+            model.optimizer.learning_rate = plan.learning_rate
+    return model, state
+
+
 def is_retryable(error: BaseException) -> bool:
     """Whether a worker's error may pass on a retry (a lost peer), rather than repeat."""
     return isinstance(error, _RETRYABLE_ERRORS)

@@ -17,7 +17,7 @@ from sparkeras.plan import (
 )
 from sparkeras.plan import validation_rows_per_worker as validation_rows
 from sparkeras.worker.progress import ProgressReporter, chief_callbacks
-from sparkeras.worker.report import Heartbeat, PhaseClock, weights_digest
+from sparkeras.worker.report import Heartbeat, PhaseClock, training_report
 
 #: Gradients are packed into all-reduce messages of up to this size.
 GRADIENT_PACK_BYTES = 32 * 1024 * 1024
@@ -51,7 +51,6 @@ def train(
     import keras
 
     from sparkeras.serialization import (
-        model_from_bytes,
         objects_from_bytes,
         register_shipped_objects,
     )
@@ -61,13 +60,8 @@ def train(
     custom_objects = objects_from_bytes(plan.custom_objects_bytes)
     register_shipped_objects(custom_objects)
     # A retried stage resumes from the last completed epoch: weights, optimizer state, history.
-    state = checkpoint.read_state(plan.checkpoint_dir)
+    model, state = checkpoint.model_to_train(plan, strategy, custom_objects)
     initial_epoch = state["epochs_done"] if state else 0
-    model_bytes = checkpoint.read_model(plan.checkpoint_dir, state) if state else plan.model_bytes
-    with strategy.scope():
-        model = model_from_bytes(model_bytes, custom_objects, safe_mode=plan.safe_mode)
-        if plan.learning_rate is not None and state is None:
-            model.optimizer.learning_rate = plan.learning_rate
     callbacks = objects_from_bytes(plan.callbacks_bytes)
     if assignment.rank == 0:
         callbacks += chief_callbacks(plan)
@@ -95,21 +89,18 @@ def train(
         if assignment.rank == 0:
             model.save(os.path.join(assignment.result_dir, "model.keras"))
         clock.mark("save_model")
-        report = {
-            "rank": assignment.rank,
-            "role": assignment.role,
-            "executor": assignment.executor,
-            "history": epoch_checkpoint.history,
-            "epochs_run": len(epoch_seconds),
-            "resumed_from_epoch": initial_epoch,
-            "steps_per_epoch": steps,
-            "train_rows": len(train_rows),
-            "validation_rows": len(val_rows),
-            "weights_sha256": weights_digest(model),
-            "keras_patches": patches,
-            "seconds": clock.phases,
-            "epoch_seconds": epoch_seconds,
-        }
+        report = training_report(
+            assignment,
+            model,
+            epoch_checkpoint.history,
+            epoch_seconds=epoch_seconds,
+            initial_epoch=initial_epoch,
+            steps=steps,
+            train_rows=len(train_rows),
+            validation_rows=len(val_rows),
+            clock=clock,
+            keras_patches=patches,
+        )
         with open(report_path, "w") as file:
             json.dump(report, file)
         sys.stdout.flush()

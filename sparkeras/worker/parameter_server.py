@@ -25,7 +25,7 @@ from sparkeras.plan import (
     asynchronous_steps_per_epoch,
 )
 from sparkeras.worker.progress import ProgressReporter, chief_callbacks
-from sparkeras.worker.report import Heartbeat, PhaseClock, weights_digest
+from sparkeras.worker.report import Heartbeat, PhaseClock, training_report
 
 #: How often the coordinator checks the parameter servers' step count while it waits.
 JOIN_POLL_SECONDS = 0.5
@@ -66,7 +66,6 @@ def coordinate(
     import keras
 
     from sparkeras.serialization import (
-        model_from_bytes,
         objects_from_bytes,
         register_shipped_objects,
     )
@@ -76,13 +75,9 @@ def coordinate(
     register_shipped_objects(custom_objects)
     keras.utils.set_random_seed(plan.seed)
     # A retried stage resumes from the last completed epoch: weights, optimizer state, history.
-    state = checkpoint.read_state(plan.checkpoint_dir)
+    model, state = checkpoint.model_to_train(plan, strategy, custom_objects)
     initial_epoch = state["epochs_done"] if state else 0
-    model_bytes = checkpoint.read_model(plan.checkpoint_dir, state) if state else plan.model_bytes
     with strategy.scope():
-        model = model_from_bytes(model_bytes, custom_objects, safe_mode=plan.safe_mode)
-        if plan.learning_rate is not None and state is None:
-            model.optimizer.learning_rate = plan.learning_rate
         # Metric, loss and optimizer variables must exist (on the parameter servers) before the
         # first step: a step runs remotely, where no variable can be created.
         model._symbolic_build(data_batch=_example_batch(plan))
@@ -148,20 +143,17 @@ def coordinate(
 
     model.save(os.path.join(assignment.result_dir, "model.keras"))
     clock.mark("save_model")
-    report = {
-        "rank": assignment.rank,
-        "role": assignment.role,
-        "executor": assignment.executor,
-        "history": epoch_checkpoint.history,
-        "epochs_run": len(epoch_seconds),
-        "resumed_from_epoch": initial_epoch,
-        "steps_per_epoch": steps,
-        "train_rows": train_rows,
-        "validation_rows": assignment.shard_rows[assignment.rank],
-        "weights_sha256": weights_digest(model),
-        "seconds": clock.phases,
-        "epoch_seconds": epoch_seconds,
-    }
+    report = training_report(
+        assignment,
+        model,
+        epoch_checkpoint.history,
+        epoch_seconds=epoch_seconds,
+        initial_epoch=initial_epoch,
+        steps=steps,
+        train_rows=train_rows,
+        validation_rows=assignment.shard_rows[assignment.rank],
+        clock=clock,
+    )
     with open(report_path, "w") as file:
         json.dump(report, file)
 

@@ -23,6 +23,37 @@ class PhaseClock:
         self._last = now
 
 
+def training_report(
+    assignment: Any,
+    model: Any,
+    history: dict[str, list[float]],
+    *,
+    epoch_seconds: list[float],
+    initial_epoch: int,
+    steps: int,
+    train_rows: int,
+    validation_rows: int,
+    clock: PhaseClock,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What the chief (or a mirrored worker) tells the driver about its training."""
+    return {
+        "rank": assignment.rank,
+        "role": assignment.role,
+        "executor": assignment.executor,
+        "history": history,
+        "epochs_run": len(epoch_seconds),
+        "resumed_from_epoch": initial_epoch,
+        "steps_per_epoch": steps,
+        "train_rows": train_rows,
+        "validation_rows": validation_rows,
+        "weights_sha256": weights_digest(model),
+        "seconds": clock.phases,
+        "epoch_seconds": epoch_seconds,
+        **extra,
+    }
+
+
 def weights_digest(model: Any) -> str:
     """SHA-256 of the model's weights: equal digests mean bit-identical weights."""
     digest = hashlib.sha256()

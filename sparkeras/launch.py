@@ -184,6 +184,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     with open(os.path.join(task_dir, "report.json")) as file:
                         report = json.load(file)
                 report["task_attempt"] = context.attemptNumber()
+                report["log_tail"] = _log_tail(worker.log_path)
                 report["task_seconds"] = {
                     "write_shard": round(shard_written - started, 4),
                     "rendezvous": round(rendezvous_done - shard_written, 4),
@@ -464,10 +465,15 @@ class _WorkerProcess:
             self.process.wait()
 
 
+def _log_tail(log_path: str) -> str:
+    """The last lines of a TensorFlow process's log (its output never reaches the console)."""
+    with open(log_path, errors="replace") as log:
+        return "".join(log.readlines()[-LOG_TAIL_LINES:])
+
+
 def _describe_failure(task_dir: str, rank: int, exit_code: int, log_path: str) -> str:
     error_path = os.path.join(task_dir, "error.txt")
-    with open(log_path, errors="replace") as log:
-        tail = "".join(log.readlines()[-LOG_TAIL_LINES:])
+    tail = _log_tail(log_path)
     if os.path.exists(error_path):
         with open(error_path) as file:
             cause = file.read().strip()

@@ -57,6 +57,8 @@ def test_workers_end_with_identical_weights_and_history(fitted):
     # Validation rows are held out evenly; every remaining row is trained on.
     assert first["validation_rows"] == second["validation_rows"] == 100
     assert first["train_rows"] + second["train_rows"] == 1800
+    # TensorFlow's output stays out of the console, but each worker's log tail is kept.
+    assert "Epoch 4/4" in first["log_tail"] and "Epoch 4/4" in second["log_tail"]
 
 
 def test_returned_model_is_the_chiefs_and_user_model_is_untouched(fitted, data):

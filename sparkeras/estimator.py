@@ -68,8 +68,8 @@ def _checkpoint_directory(base: str | None) -> Iterator[str]:
 def _check_finite_loss(history: dict[str, list[float]]) -> None:
     """A fit whose loss became NaN fails loudly instead of returning a broken model."""
     losses = history.get("loss", [])
-    if any(math.isnan(loss) for loss in losses):
-        epoch = next(index for index, loss in enumerate(losses) if math.isnan(loss)) + 1
+    epoch = next((index + 1 for index, loss in enumerate(losses) if math.isnan(loss)), None)
+    if epoch is not None:
         raise launch.TrainingError(
             f"The training loss became NaN in epoch {epoch}, so training stopped there. Lower "
             "the learning rate (learningRate), scale the features, or look for extreme or "

@@ -175,8 +175,12 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 if "ps" in roles and role != "chief":
                     # A parameter-server cluster's servers run until the coordinator is done.
                     restarts = worker.serve(rank, release=context.barrier)
-                    report = {"rank": rank, "role": role, "executor": executor}
-                    report["server_restarts"] = restarts
+                    report = {
+                        "rank": rank,
+                        "role": role,
+                        "executor": executor,
+                        "server_restarts": restarts,
+                    }
                 else:
                     worker.run(rank, stall_timeout)
                     if "ps" in roles:
@@ -403,14 +407,14 @@ class _WorkerProcess:
         """
         self._go()
         heartbeat = os.path.join(self.task_dir, HEARTBEAT_FILE)
-        started = time.time()
+        started = time.time()  # the task directory is new: no heartbeat is older than this
         while True:
             try:
                 exit_code = self.process.wait(timeout=SERVER_POLL_SECONDS * 4)
                 break
             except subprocess.TimeoutExpired:
                 last = os.path.getmtime(heartbeat) if os.path.exists(heartbeat) else started
-                if time.time() - max(last, started) > stall_timeout:
+                if time.time() - last > stall_timeout:
                     self.close()
                     raise _fail(
                         f"Training worker {rank} made no progress for {stall_timeout:g} s "

@@ -78,30 +78,22 @@ class _KerasEstimator(BaseEstimator):
         self.num_workers = num_workers
         self.strategy = strategy
         self.num_ps = num_ps
-        for name, value in routed.items():
-            setattr(self, name, value)
+        # Every keyword the signature does not name (routed params, or a typo that ``fit``
+        # reports), in one private dict: public attributes set in __init__ must be the
+        # signature's (scikit-learn's check_no_attributes_set_in_init).
+        self._extra_params = dict(routed)
 
     # ----------------------------------------------------------------------------- params
-    def _routed_names(self) -> list[str]:
-        own = set(self._get_param_names())
-        return sorted(
-            name
-            for name in vars(self)
-            if name not in own and not name.startswith("_") and not name.endswith("_")
-        )
-
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's params and every routed ``prefix__name`` param."""
-        params = super().get_params(deep=deep)
-        params.update({name: getattr(self, name) for name in self._routed_names()})
-        return params
+        return {**super().get_params(deep=deep), **self._extra_params}
 
     def set_params(self, **params: Any) -> _KerasEstimator:
         """Set params; routed ones (``model__units``, ``optimizer__learning_rate``...) too."""
         own = {}
         for name, value in params.items():
             if name.partition("__")[0] in ROUTES and "__" in name:
-                setattr(self, name, value)
+                self._extra_params[name] = value
             else:
                 own[name] = value
         return super().set_params(**own)
@@ -109,7 +101,7 @@ class _KerasEstimator(BaseEstimator):
     def _routed(self) -> dict[str, dict[str, Any]]:
         """Routed params by destination; an unknown name is a clear error."""
         routed: dict[str, dict[str, Any]] = {route: {} for route in ROUTES}
-        for name in self._routed_names():
+        for name, value in sorted(self._extra_params.items()):
             route, _, key = name.partition("__")
             if route not in ROUTES or not key:
                 raise ValueError(
@@ -118,7 +110,7 @@ class _KerasEstimator(BaseEstimator):
                     "with a prefix: model__ (model-building callable), compile__ "
                     "(model.compile), optimizer__ (optimizer config) or fit__ (Keras fit)."
                 )
-            routed[route][key] = getattr(self, name)
+            routed[route][key] = value
         return routed
 
     # ------------------------------------------------------------------------------- fit

@@ -90,6 +90,21 @@ def binary_model(width: int, hidden: int = 16, learning_rate: float = 0.01):
     return model
 
 
+def build_classifier(n_features_in, n_classes, hidden=16):
+    """A model function for KerasClassifier: one hidden layer, softmax over the classes."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((n_features_in,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(n_classes, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    return model
+
+
 def worker_processes() -> list:
     """PIDs of sparkeras TensorFlow worker processes still running on this machine."""
     import psutil

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import separable
+from conftest import build_classifier, separable
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, check_cv, cross_val_score
@@ -20,18 +20,6 @@ from sklearn.preprocessing import StandardScaler
 from sparkeras import KerasClassifier, KerasRegressor
 
 WIDTH = 6
-
-
-def build_classifier(n_features_in, n_classes, hidden=16):
-    model = keras.Sequential(
-        [
-            keras.Input((n_features_in,)),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(n_classes, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
-    return model
 
 
 def three_classes(rows: int = 300, seed: int = 0):

@@ -128,9 +128,10 @@ def coordinate(
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
         model.reset_metrics()
+        applied_before = int(model.optimizer.iterations.numpy())
         for _ in range(steps):
             coordinator.schedule(train_step, args=(batches,))
-        _join(coordinator, model.optimizer.iterations, heartbeat, reporter)
+        _join(coordinator, model.optimizer.iterations, applied_before, heartbeat, reporter)
         logs = {name: float(value) for name, value in model.get_metrics_result().items()}
         if validate is not None:
             logs.update(validate(model))
@@ -168,20 +169,25 @@ def _example_batch(plan: TrainingPlan) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _join(
-    coordinator: Any, iterations: Any, heartbeat: Heartbeat, reporter: ProgressReporter
+    coordinator: Any,
+    iterations: Any,
+    applied_before: int,
+    heartbeat: Heartbeat,
+    reporter: ProgressReporter,
 ) -> None:
     """Wait for the scheduled steps, beating the heartbeat and reporting progress while the
-    step count advances.
+    step count (optimizer steps applied on the parameter servers) advances past
+    ``applied_before``, its value before the epoch's steps were scheduled.
 
     Raises a worker's error; the steps of a lost worker are rescheduled by the coordinator.
     """
-    start = applied = int(iterations.numpy())  # optimizer steps applied on the parameter servers
+    applied = applied_before
     while not coordinator.done():
         current = int(iterations.numpy())
         if current != applied:
             applied = current
             heartbeat.beat()
-            reporter.step(current - start)
+            reporter.step(current - applied_before)
         time.sleep(JOIN_POLL_SECONDS)
     coordinator.join()
     heartbeat.beat()

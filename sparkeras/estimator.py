@@ -55,7 +55,14 @@ def _checkpoint_directory(base: str | None) -> Iterator[str]:
     temporary = base is None
     root = tempfile.mkdtemp(prefix="sparkeras-checkpoints-") if temporary else base
     directory = f"{root.rstrip('/')}/fit-{uuid.uuid4().hex}"
-    tf.io.gfile.makedirs(directory)
+    try:
+        tf.io.gfile.makedirs(directory)
+    except tf.errors.OpError as error:
+        raise ValueError(
+            f"Cannot create the fit's checkpoint directory under checkpointDir={base!r}: "
+            f"{error.message}. Set checkpointDir to a path TensorFlow can write (a local "
+            "directory, hdfs://..., gs://...), or unset it for a temporary directory."
+        ) from None
     try:
         yield directory
     finally:

@@ -400,5 +400,9 @@ def test_sample_weights_from_a_weight_column(spark):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, weightCol="weight").fit(
             negative
         )
+    with pytest.raises(ValueError, match=r"Cannot create the fit's checkpoint directory"):
+        SparkKerasEstimator(
+            model=binary_model(WIDTH), numWorkers=2, checkpointDir="/proc/no-such/dir"
+        ).fit(frame)
     with pytest.raises(ValueError, match="weight column 'nope' is not in the DataFrame"):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, weightCol="nope").fit(frame)

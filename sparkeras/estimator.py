@@ -121,6 +121,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stagingDir: str | None = None,
         checkpointDir: str | None = None,
         stallTimeout: float = 600.0,
+        intraOpThreads: int = 0,
         weightCol: str | None = None,
         logDir: str | None = None,
         epochs: int = 1,
@@ -155,6 +156,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stagingDir: str | None = None,
         checkpointDir: str | None = None,
         stallTimeout: float = 600.0,
+        intraOpThreads: int = 0,
         weightCol: str | None = None,
         logDir: str | None = None,
         epochs: int = 1,
@@ -232,6 +234,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     def setStallTimeout(self, value: float) -> SparkKerasEstimator:
         """Set the seconds without progress after which a worker counts as stuck."""
         return self._set(stallTimeout=value)
+
+    def setIntraOpThreads(self, value: int) -> SparkKerasEstimator:
+        """Set TensorFlow's intra-op threads per training process (0: the task's CPUs)."""
+        return self._set(intraOpThreads=value)
 
     def setEpochs(self, value: int) -> SparkKerasEstimator:
         """Set the number of epochs."""
@@ -394,6 +400,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             staging_dir=self.getStagingDir(),
             checkpoint_dir=checkpoint_dir,
             stall_timeout=self.getStallTimeout(),
+            intra_op_threads=self.getIntraOpThreads(),
             log_dir=self.getLogDir() or "",
         )
         # Balanced, mixed shards whatever the input partitioning (skewed, too few partitions,

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -20,6 +21,7 @@ from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import Column
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
+from sparkeras.devices import limit_threads, task_gpu_addresses, tensorflow_environment
 from sparkeras.plan import FeatureSpec
 from sparkeras.shards import VECTOR_ARROW_TYPE, features_to_dense
 
@@ -38,14 +40,10 @@ def _cached_model(
     key: str, model_bytes: bytes, custom_objects_bytes: bytes, safe_mode: bool
 ) -> Any:
     if key not in _MODEL_CACHE:
-        with _native_stderr_silenced():  # TensorFlow's import banner would reach the console
-            import keras  # noqa: F401
-            import tensorflow as tf
-
+        tf = _tensorflow_in_task()
         # Each new model in a long-lived Python worker traces its predict function once; TF
         # counts those traces together and warns about "retracing" that is expected here.
         tf.get_logger().setLevel("ERROR")
-        _limit_threads_to_task(tf)
 
         from sparkeras.serialization import model_from_bytes, objects_from_bytes
 
@@ -55,18 +53,25 @@ def _cached_model(
     return _MODEL_CACHE[key]
 
 
-def _limit_threads_to_task(tf: Any) -> None:
-    """Use the task's CPUs: several Python workers share an executor's cores."""
+def _tensorflow_in_task() -> Any:
+    """Import TensorFlow limited to the task's CPUs and GPUs (see ``sparkeras.devices``).
+
+    Several Python workers share an executor's cores and GPUs. The limits only take effect on
+    TensorFlow's first import in this Python worker; a worker where it already ran keeps them.
+    """
     from pyspark import TaskContext
 
     context = TaskContext.get()
-    if context is None:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(context.cpus())
-        tf.config.threading.set_inter_op_parallelism_threads(context.cpus())
-    except RuntimeError:  # TensorFlow already ran in this Python worker; keep its pools
-        pass
+    if context is not None and "tensorflow" not in sys.modules:
+        os.environ.update(tensorflow_environment(task_gpu_addresses(context), os.environ))
+    with _native_stderr_silenced():  # TensorFlow's import banner would reach the console
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+    if context is not None:
+        with contextlib.suppress(RuntimeError):  # TensorFlow already ran in this worker
+            limit_threads(tf, 0, context.cpus())
+    return tf
 
 
 @contextlib.contextmanager

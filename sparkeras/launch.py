@@ -37,6 +37,7 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from sparkeras.devices import task_gpu_addresses, tensorflow_environment
 from sparkeras.plan import (
     FAILURE_FILE,
     HEARTBEAT_FILE,
@@ -56,6 +57,11 @@ TASK_DIR_PREFIX = "sparkeras-task"
 OWNER_FILE = "owner.pid"
 #: Rendezvous rounds tried before giving up on distinct ports for every task.
 RENDEZVOUS_ROUNDS = 3
+#: How Spark counts task slots, for error messages.
+SLOTS_EXPLAINED = (
+    "executor cores / spark.task.cpus, and GPUs / spark.task.resource.gpu.amount when Spark "
+    "schedules GPUs"
+)
 #: Times a parameter-server cluster's worker or parameter server is restarted after dying.
 MAX_SERVER_RESTARTS = 3
 #: How often a server's task checks that its process is alive.
@@ -105,12 +111,12 @@ def check_task_slots(spark: SparkSession, plan_roles: list[Role]) -> None:
             f"strategy='parameter_server' with numWorkers={workers} and numPs={servers} needs "
             f"{num_tasks} concurrent Spark tasks ({workers} worker(s), {servers} parameter "
             f"server(s) and 1 coordinator), but the cluster has only {slots} task slot(s) "
-            "(executor cores / spark.task.cpus). Lower numWorkers or numPs so that "
+            f"({SLOTS_EXPLAINED}). Lower numWorkers or numPs so that "
             f"numWorkers + numPs + 1 <= {slots}, or give the application more executor cores."
         )
     raise ValueError(
         f"numWorkers={num_tasks} needs {num_tasks} concurrent Spark tasks, but the cluster has "
-        f"only {slots} task slot(s) (executor cores / spark.task.cpus). Lower numWorkers to at "
+        f"only {slots} task slot(s) ({SLOTS_EXPLAINED}). Lower numWorkers to at "
         f"most {slots}, or give the application more executor cores."
     )
 
@@ -137,10 +143,12 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         role = roles[rank]
         _fail_if_failed_before(checkpoint_dir)
         task_dir = _make_task_dir(staging_dir, rank)
+        gpus = task_gpu_addresses(context)
         started = time.time()
         try:
             # Started first: TensorFlow's imports overlap the shard writing and the rendezvous.
-            with contextlib.closing(_WorkerProcess(task_dir)) as worker:
+            device_env = tensorflow_environment(gpus, os.environ)
+            with contextlib.closing(_WorkerProcess(task_dir, device_env)) as worker:
                 shard_dir = os.path.join(task_dir, "shard")
                 try:
                     rows = write_shard(batches, shard_dir, features, label)
@@ -188,6 +196,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     with open(os.path.join(task_dir, "report.json")) as file:
                         report = json.load(file)
                 report["task_attempt"] = context.attemptNumber()
+                report["task_gpus"] = gpus
                 report["log_tail"] = _log_tail(worker.log_path)
                 report["task_seconds"] = {
                     "write_shard": round(shard_written - started, 4),
@@ -370,9 +379,10 @@ class _WorkerProcess:
     that started it dies (Linux), and by :meth:`close` whenever the task ends early.
     """
 
-    def __init__(self, task_dir: str) -> None:
+    def __init__(self, task_dir: str, device_env: dict[str, str]) -> None:
         self.task_dir = task_dir
         self.log_path = os.path.join(task_dir, "worker.log")
+        self.device_env = device_env
         self.process = self._start()
 
     def _start(self) -> subprocess.Popen:
@@ -381,6 +391,7 @@ class _WorkerProcess:
             PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
             PYTHONUNBUFFERED="1",
             TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+            **self.device_env,  # set before TensorFlow starts: it reads them once
         )
         with open(self.log_path, "ab") as log:  # a restarted server appends to the same log
             return subprocess.Popen(

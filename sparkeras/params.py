@@ -36,11 +36,11 @@ def _to_keras_model(value: Any) -> Any:
     return value
 
 
-def _to_positive_int(name: str):
+def _to_positive_int(name: str, minimum: int = 1):
     def convert(value: Any) -> int:
         converted = TypeConverters.toInt(value)
-        if converted < 1:
-            raise ValueError(f"{name} must be >= 1, got {converted}.")
+        if converted < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {converted}.")
         return converted
 
     return convert
@@ -246,6 +246,13 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "fails; it must exceed the slowest step, evaluation or checkpoint",
         typeConverter=_to_positive_float("stallTimeout"),
     )
+    intraOpThreads: Param[int] = Param(
+        Params._dummy(),
+        "intraOpThreads",
+        "TensorFlow intra-op threads per training process; 0 (default) uses the task's CPUs "
+        "(spark.task.cpus), so processes sharing a machine do not oversubscribe its cores",
+        typeConverter=_to_positive_int("intraOpThreads", minimum=0),
+    )
     epochs: Param[int] = Param(
         Params._dummy(),
         "epochs",
@@ -312,6 +319,7 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
             handleInvalid="error",
             seed=0,
             stallTimeout=600.0,
+            intraOpThreads=0,
         )
 
     def getNumWorkers(self) -> int:
@@ -341,6 +349,10 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     def getStallTimeout(self) -> float:
         """Return the seconds without progress after which a worker counts as stuck."""
         return self.getOrDefault(self.stallTimeout)
+
+    def getIntraOpThreads(self) -> int:
+        """Return the intra-op threads per training process (0: the task's CPUs)."""
+        return self.getOrDefault(self.intraOpThreads)
 
     def getEpochs(self) -> int:
         """Return the number of epochs."""

@@ -81,6 +81,8 @@ class TrainingPlan:
     progress_secret: str = ""
     #: TensorBoard log directory written by the chief, empty for none.
     log_dir: str = ""
+    #: TensorFlow intra-op threads per process; 0 for the task's CPUs (see ``devices``).
+    intra_op_threads: int = 0
 
     @property
     def roles(self) -> list[Role]:

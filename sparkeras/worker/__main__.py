@@ -66,7 +66,7 @@ def main(task_dir: str) -> int:
                 parameter_server.coordinate(plan, assignment, clock, report_path)
                 return 0
             else:
-                parameter_server.serve(assignment)  # runs until the task kills it
+                parameter_server.serve(plan, assignment)  # runs until the task kills it
     except BaseException as error:
         text = traceback.format_exc()
         _write_error(task_dir, text)

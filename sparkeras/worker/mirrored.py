@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from sparkeras.devices import limit_threads
 from sparkeras.plan import (
     HEARTBEAT_FILE,
     TrainingPlan,
@@ -37,8 +38,7 @@ def train(
     os.environ["TF_CONFIG"] = json.dumps(assignment.tf_config)
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(assignment.cpus)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, assignment.cpus))
+    limit_threads(tf, plan.intra_op_threads, assignment.cpus)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(
         # One all-reduce per step for all gradients instead of one per variable: on CPU the
         # collective's latency, not its bandwidth, dominates a step.

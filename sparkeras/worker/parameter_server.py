@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sparkeras.devices import limit_threads
 from sparkeras.plan import (
     HEARTBEAT_FILE,
     TrainingPlan,
@@ -31,12 +32,11 @@ from sparkeras.worker.report import Heartbeat, PhaseClock, training_report
 JOIN_POLL_SECONDS = 0.5
 
 
-def serve(assignment: WorkerAssignment) -> None:
+def serve(plan: TrainingPlan, assignment: WorkerAssignment) -> None:
     """Run this task's worker or parameter server until the process is killed."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(assignment.cpus)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, assignment.cpus))
+    limit_threads(tf, plan.intra_op_threads, assignment.cpus)
     server = tf.distribute.Server(
         tf.train.ClusterSpec(assignment.cluster_spec),
         job_name=assignment.role,
@@ -53,6 +53,7 @@ def coordinate(
     """Train the plan's model on the cluster's workers, then save it and write the report."""
     import tensorflow as tf
 
+    limit_threads(tf, plan.intra_op_threads, assignment.cpus)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(assignment.cluster_spec),
         task_type="chief",

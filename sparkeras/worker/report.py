@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import time
 from typing import Any
 
 import keras
+
+from sparkeras.devices import VISIBLE_DEVICES
 
 
 class PhaseClock:
@@ -50,7 +53,21 @@ def training_report(
         "weights_sha256": weights_digest(model),
         "seconds": clock.phases,
         "epoch_seconds": epoch_seconds,
+        **process_resources(),
         **extra,
+    }
+
+
+def process_resources() -> dict[str, Any]:
+    """This process's peak memory so far and the devices its TensorFlow sees."""
+    import tensorflow as tf
+
+    return {
+        # ru_maxrss is in KiB on Linux: the resident peak, shard and TF runtime included.
+        "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cuda_visible_devices": os.environ.get(VISIBLE_DEVICES),
+        "gpus": [device.name for device in tf.config.list_logical_devices("GPU")],
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
     }
 
 

@@ -1,11 +1,13 @@
-"""fit() wall time and accuracy of sparkeras' strategies next to single-process Keras model.fit.
+"""fit() wall time and accuracy of sparkeras next to single-process Keras and Spark MLlib's MLP.
 
-Workload (issues #2 and #4): 50,000 rows x 200 float features, MLP 200-128-64-1, batch 128,
+Workload (issues #2, #4 and #7): 50,000 rows x 200 float features, MLP 200-128-64-1, batch 128,
 3 epochs; mirrored mode with 2 workers, parameter-server mode with 2 workers and 1 parameter
-server. The DataFrame is cached and materialised before timing; every run starts from the same
-compiled model, and accuracy is the returned model's on all rows. Run from the repo root:
+server; and ``pyspark.ml.classification.MultilayerPerceptronClassifier`` with the same layer sizes
+(its own defaults otherwise: sigmoid hidden layers, L-BFGS, 100 iterations). The DataFrame is
+cached and materialised before timing; every Keras run starts from the same compiled model, and
+accuracy is the returned model's on all rows. Run from the repo root:
 
-    .venv/bin/python benchmarks/bench_fit_overhead.py          # full workload, both strategies
+    .venv/bin/python benchmarks/bench_fit_overhead.py          # full workload, all of them
     .venv/bin/python benchmarks/bench_fit_overhead.py --quick  # 5,000 rows, 1 epoch
     .venv/bin/python benchmarks/bench_fit_overhead.py --strategies mirrored
 """
@@ -13,12 +15,10 @@ compiled model, and accuracy is the returned model's on all rows. Run from the r
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from common import cached, print_result, session
 
 
 def build_model(width: int):
@@ -37,13 +37,29 @@ def build_model(width: int):
     return model
 
 
+def fit_mllib(frame, layers: list[int], batch: int) -> tuple[float, float]:
+    """Train Spark MLlib's MultilayerPerceptronClassifier; its wall time and accuracy on all rows."""
+    from pyspark.ml.classification import MultilayerPerceptronClassifier
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.functions import array_to_vector
+
+    vectors = cached(frame.select(array_to_vector("features").alias("features"), "label"))
+    started = time.perf_counter()
+    model = MultilayerPerceptronClassifier(layers=layers, blockSize=batch, seed=0).fit(vectors)
+    seconds = time.perf_counter() - started
+    evaluator = MulticlassClassificationEvaluator(metricName="accuracy")
+    accuracy = evaluator.evaluate(model.transform(vectors))
+    vectors.unpersist()
+    return seconds, accuracy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5,000 rows and 1 epoch")
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--strategies", default="mirrored,parameter_server")
+    parser.add_argument("--strategies", default="mirrored,parameter_server,mllib")
     args = parser.parse_args()
     rows, epochs = (5_000, 1) if args.quick else (args.rows, args.epochs)
     width, batch = 200, 128
@@ -51,7 +67,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from sparkeras import SparkKerasEstimator, get_or_create_session
+    from sparkeras import SparkKerasEstimator
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(rows, width)).astype(np.float32)
@@ -59,12 +75,12 @@ def main() -> None:
 
     # Parameter-server mode needs a slot for the coordinator and one for the parameter server.
     slots = args.workers + 2 if "parameter_server" in strategies else args.workers
-    spark = get_or_create_session(f"local[{slots}]", config={"spark.ui.enabled": "false"})
-    spark.sparkContext.setLogLevel("ERROR")
-    frame = spark.createDataFrame(
-        pd.DataFrame({"features": list(features.astype(np.float64)), "label": labels})
-    ).cache()
-    frame.count()
+    spark = session(slots)
+    frame = cached(
+        spark.createDataFrame(
+            pd.DataFrame({"features": list(features.astype(np.float64)), "label": labels})
+        )
+    )
 
     def accuracy(model) -> float:
         predictions = model.predict(features, batch_size=4096, verbose=0)[:, 0]
@@ -77,6 +93,15 @@ def main() -> None:
 
     print(f"rows={rows} width={width} batch={batch} epochs={epochs} workers={args.workers}")
     print(f"keras fit:                {keras_seconds:6.2f} s  accuracy {accuracy(baseline):.4f}")
+    results = {"keras_seconds": keras_seconds, "keras_accuracy": accuracy(baseline)}
+    if "mllib" in strategies:
+        strategies.remove("mllib")
+        seconds, mllib_accuracy = fit_mllib(frame, [width, 128, 64, 2], batch)
+        print(
+            f"MLlib MLP (L-BFGS):       {seconds:6.2f} s  accuracy {mllib_accuracy:.4f}  "
+            f"ratio to keras {seconds / keras_seconds:.2f}"
+        )
+        results.update(mllib_seconds=seconds, mllib_accuracy=mllib_accuracy)
     for strategy in strategies:
         extra = {"numPs": 1} if strategy == "parameter_server" else {}
         estimator = SparkKerasEstimator(
@@ -99,6 +124,9 @@ def main() -> None:
                 f"    task {report['rank']} ({report['role']}): task (s) {report['task_seconds']}"
                 f" process (s) {report.get('seconds')} epochs (s) {report.get('epoch_seconds')}"
             )
+        results[f"{strategy}_seconds"] = seconds
+        results[f"{strategy}_accuracy"] = accuracy(fitted.getKerasModel())
+    print_result("fit_overhead", results)
     spark.stop()
 
 

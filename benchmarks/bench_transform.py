@@ -12,12 +12,10 @@ is run once to warm up, then the best of three runs counts. Run from the repo ro
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import numpy as np
+from common import print_result
 
 
 def timed(action, repeats: int = 3) -> float:
@@ -102,6 +100,17 @@ def main() -> None:
         print(f"{name:24s} {seconds:7.2f} s  {rows / seconds:12,.0f} rows/s")
     print(f"sparkeras / model.predict throughput: {numpy_seconds / sparkeras_seconds:.2f}")
     print(f"sparkeras / predict_batch_udf throughput: {udf_seconds / sparkeras_seconds:.2f}")
+    print_result(
+        "transform",
+        {
+            "rows": rows,
+            "sparkeras_seconds": sparkeras_seconds,
+            "predict_batch_udf_seconds": udf_seconds,
+            "numpy_seconds": numpy_seconds,
+            "vs_numpy": numpy_seconds / sparkeras_seconds,
+            "vs_predict_batch_udf": udf_seconds / sparkeras_seconds,
+        },
+    )
     spark.stop()
 
 

@@ -63,26 +63,31 @@ def tensorflow_environment(
     return {VISIBLE_DEVICES: inherited.get(VISIBLE_DEVICES, "")}
 
 
-def thread_counts(requested: int, task_cpus: int) -> tuple[int, int]:
+def thread_counts(requested: int, task_cpus: int, minimum_inter: int = 1) -> tuple[int, int]:
     """TensorFlow's (intra-op, inter-op) thread counts for one process.
 
     ``requested`` is the ``intraOpThreads`` param (0: one thread per CPU of the task). Inter-op
-    parallelism gets at least two threads so that a collective or an input pipeline op can run
-    while a compute op waits.
+    threads run independent ops side by side, each op on its own core, so they count against
+    the same CPUs: a process with one intra-op but two inter-op threads was measured using up to
+    1.9 cores of two. Collectives run on their own executor and need no inter-op thread; a
+    parameter-server cluster's processes ask for ``minimum_inter=2`` so that a blocked remote op
+    never holds the only thread.
 
     Examples
     --------
     >>> thread_counts(0, task_cpus=1)
-    (1, 2)
+    (1, 1)
     >>> thread_counts(4, task_cpus=1)
     (4, 4)
+    >>> thread_counts(1, task_cpus=1, minimum_inter=2)
+    (1, 2)
     """
     intra = requested if requested > 0 else max(1, task_cpus)
-    return intra, max(2, intra)
+    return intra, max(minimum_inter, intra)
 
 
-def limit_threads(tf: Any, requested: int, task_cpus: int) -> None:
+def limit_threads(tf: Any, requested: int, task_cpus: int, minimum_inter: int = 1) -> None:
     """Apply :func:`thread_counts` to TensorFlow (``tf``), before it runs its first op."""
-    intra, inter = thread_counts(requested, task_cpus)
+    intra, inter = thread_counts(requested, task_cpus, minimum_inter)
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)

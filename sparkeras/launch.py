@@ -197,6 +197,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                         report = json.load(file)
                 report["task_attempt"] = context.attemptNumber()
                 report["task_gpus"] = gpus
+                report["task_started_at"] = started
                 report["log_tail"] = _log_tail(worker.log_path)
                 report["task_seconds"] = {
                     "write_shard": round(shard_written - started, 4),

@@ -28,9 +28,10 @@ def test_a_task_without_gpus_sees_none_unless_the_user_chose_some():
 
 
 def test_threads_follow_the_task_cpus_unless_requested():
-    assert thread_counts(0, task_cpus=1) == (1, 2)
+    assert thread_counts(0, task_cpus=1) == (1, 1)
     assert thread_counts(0, task_cpus=4) == (4, 4)
     assert thread_counts(3, task_cpus=1) == (3, 3)
+    assert thread_counts(1, task_cpus=1, minimum_inter=2) == (1, 2)
 
 
 def test_negative_thread_count_is_rejected():

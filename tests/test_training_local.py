@@ -114,6 +114,47 @@ def test_vector_columns_skewed_partitions_and_sparse_vectors(spark):
     assert accuracy >= 0.9
 
 
+def test_sparse_input_trains_like_the_same_rows_dense(spark):
+    """SparseVectors reach a sparse-input model as tf.SparseTensor batches; same data, seed and
+    initial weights as a dense run give the same training, up to float summation order."""
+    from pyspark.ml.linalg import VectorUDT
+
+    features, labels = separable(800, 40, seed=3)
+    features[np.random.default_rng(3).random(features.shape) < 0.8] = 0.0  # 80 % zeros
+    dense = array_frame(spark, features, labels).cache()
+    to_sparse = F.udf(lambda values: Vectors.dense(values).toSparse(), VectorUDT())
+    sparse = dense.withColumn("features", to_sparse("features"))  # same partitions and order
+
+    def fit(frame, is_sparse):
+        keras.utils.set_random_seed(7)  # the same initial weights for both models
+        model = keras.Sequential(
+            [
+                keras.Input((40,), sparse=is_sparse),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dense(1, activation="sigmoid"),
+            ]
+        )
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+        return SparkKerasEstimator(model=model, numWorkers=2, epochs=3, batchSize=64).fit(frame)
+
+    from_dense, from_sparse = fit(dense, False), fit(sparse, True)
+    np.testing.assert_allclose(from_sparse.history["loss"], from_dense.history["loss"], rtol=1e-4)
+    for got, expected in zip(
+        from_sparse.getKerasModel().get_weights(),
+        from_dense.getKerasModel().get_weights(),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
+    assert from_dense.history["loss"][-1] < from_dense.history["loss"][0]  # it did train
+    predicted = from_sparse.transform(sparse).select("probability").toPandas()["probability"]
+    expected = from_dense.transform(dense).select("probability").toPandas()["probability"]
+    np.testing.assert_allclose(
+        np.stack(predicted.map(lambda v: v.toArray())),
+        np.stack(expected.map(lambda v: v.toArray())),
+        atol=1e-5,
+    )
+
+
 def test_array_labels_and_one_input_partition(spark):
     rng = np.random.default_rng(2)
     features = rng.normal(size=(400, 4)).astype(np.float32)

@@ -94,6 +94,7 @@ def train(
             model,
             epoch_checkpoint.history,
             epoch_seconds=epoch_seconds,
+            epoch_starts=epoch_starts,
             initial_epoch=initial_epoch,
             steps=steps,
             train_rows=len(train_rows),
@@ -108,9 +109,9 @@ def train(
         os._exit(0)
 
     bookkeeping = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: epoch_starts.append(time.perf_counter()),
+        on_epoch_begin=lambda epoch, logs: epoch_starts.append(time.time()),
         on_epoch_end=lambda epoch, logs: epoch_seconds.append(
-            round(time.perf_counter() - epoch_starts[-1], 4)
+            round(time.time() - epoch_starts[-1], 4)
         ),
         on_train_end=finish,
     )

@@ -36,7 +36,7 @@ def serve(plan: TrainingPlan, assignment: WorkerAssignment) -> None:
     """Run this task's worker or parameter server until the process is killed."""
     import tensorflow as tf
 
-    limit_threads(tf, plan.intra_op_threads, assignment.cpus)
+    limit_threads(tf, plan.intra_op_threads, assignment.cpus, minimum_inter=2)
     server = tf.distribute.Server(
         tf.train.ClusterSpec(assignment.cluster_spec),
         job_name=assignment.role,
@@ -53,7 +53,7 @@ def coordinate(
     """Train the plan's model on the cluster's workers, then save it and write the report."""
     import tensorflow as tf
 
-    limit_threads(tf, plan.intra_op_threads, assignment.cpus)
+    limit_threads(tf, plan.intra_op_threads, assignment.cpus, minimum_inter=2)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(assignment.cluster_spec),
         task_type="chief",
@@ -123,10 +123,11 @@ def coordinate(
     )
     model.stop_training = False
     epoch_seconds: list[float] = []
+    epoch_starts: list[float] = []
     logs: dict[str, float] = {}
     callback_list.on_train_begin()
     for epoch in range(initial_epoch, plan.epochs):
-        started = time.perf_counter()
+        epoch_starts.append(time.time())
         callback_list.on_epoch_begin(epoch)
         model.reset_metrics()
         applied_before = int(model.optimizer.iterations.numpy())
@@ -137,7 +138,7 @@ def coordinate(
         if validate is not None:
             logs.update(validate(model))
         callback_list.on_epoch_end(epoch, logs)
-        epoch_seconds.append(round(time.perf_counter() - started, 4))
+        epoch_seconds.append(round(time.time() - epoch_starts[-1], 4))
         if model.stop_training:
             break
     callback_list.on_train_end(logs)
@@ -150,6 +151,7 @@ def coordinate(
         model,
         epoch_checkpoint.history,
         epoch_seconds=epoch_seconds,
+        epoch_starts=epoch_starts,
         initial_epoch=initial_epoch,
         steps=steps,
         train_rows=train_rows,

@@ -32,6 +32,7 @@ def training_report(
     history: dict[str, list[float]],
     *,
     epoch_seconds: list[float],
+    epoch_starts: list[float],
     initial_epoch: int,
     steps: int,
     train_rows: int,
@@ -39,7 +40,11 @@ def training_report(
     clock: PhaseClock,
     **extra: Any,
 ) -> dict[str, Any]:
-    """What the chief (or a mirrored worker) tells the driver about its training."""
+    """What the chief (or a mirrored worker) tells the driver about its training.
+
+    ``epoch_starts`` are wall-clock times (``time.time()``), so that the driver can line the
+    first training step up with its own clock (same host) or the task's start.
+    """
     return {
         "rank": assignment.rank,
         "role": assignment.role,
@@ -53,6 +58,7 @@ def training_report(
         "weights_sha256": weights_digest(model),
         "seconds": clock.phases,
         "epoch_seconds": epoch_seconds,
+        "training_started_at": epoch_starts[0] if epoch_starts else None,
         **process_resources(),
         **extra,
     }

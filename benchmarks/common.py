@@ -138,6 +138,7 @@ def timed_fit(estimator, frame) -> tuple[Any, dict[str, float]]:
         "fit": returned - called,
         "start_up": first_step - called,
         "data_path": max(r["training_started_at"] - r["task_started_at"] for r in reports),
+        "write_shard": max(r["task_seconds"]["write_shard"] for r in reports),
         "training": training,
         "finish": returned - first_step - training,
         "peak_memory_mib": max(report["peak_memory_mib"] for report in reports),

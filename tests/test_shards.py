@@ -115,3 +115,34 @@ def test_training_dataset_yields_exactly_epochs_times_steps_batches(tmp_path):
     assert all(b.shape == (3, 2) for b in batches)
     first_epoch = np.concatenate(batches[:3])[:, 0]
     assert set(first_epoch) == set(range(7))  # 9 slots, 7 rows: all seen, 2 repeated
+
+
+def test_large_shards_are_gathered_from_their_files_with_the_same_batches(tmp_path, monkeypatch):
+    features = FeatureSpec("f", "array", 3)
+    label = LabelSpec("l", "scalar", 1, "float32", weight_column="w")
+    rows = 50
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "f": [[float(i), float(-i), 0.5] for i in range(rows)],
+            "l": [float(i % 2) for i in range(rows)],
+            "w": [float(i) / rows for i in range(rows)],
+        }
+    )
+    write_shard(iter([batch]), str(tmp_path), features, label)
+    shard = data.open_shard(str(tmp_path), features, label)
+
+    def batches():
+        dataset = data.training_dataset(
+            shard, np.arange(rows), features, label, batch_size=8, steps=7, epochs=2, seed=3
+        )
+        return [[part.numpy() for part in element] for element in dataset]
+
+    from_tensors = batches()
+    monkeypatch.setattr(data, "TENSOR_SHARD_BYTES", 0)  # every shard counts as large
+    from_files = batches()
+    assert len(from_files) == len(from_tensors) == 14
+    for got, expected in zip(from_files, from_tensors, strict=True):
+        assert [part.shape for part in got] == [(8, 3), (8,), (8,)]
+        for got_part, expected_part in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(got_part, expected_part)
+    np.testing.assert_array_equal(from_files[0][0][:, 0], -from_files[0][0][:, 1])  # rows intact

@@ -18,6 +18,10 @@ import tensorflow as tf
 from sparkeras.plan import FeatureSpec, LabelSpec
 from sparkeras.shards import WEIGHTS_FILE
 
+#: Largest dense shard (feature bytes) copied into tensors for training; larger ones are
+#: gathered from their memory-mapped files (see :func:`training_dataset`).
+TENSOR_SHARD_BYTES = 256 * 1024 * 1024
+
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
@@ -121,9 +125,14 @@ def training_dataset(
 ) -> tf.data.Dataset:
     """Exactly ``epochs x steps`` batches of ``batch_size`` rows.
 
-    Dense shards are gathered by TensorFlow ops from tensors holding the shard, with no Python in
-    the input pipeline: a ``from_generator`` pipeline competes with the training loop for the
-    GIL, and tearing its iterator down stalled the end of ``fit`` by seconds.
+    Dense batches are gathered without Python's ``from_generator``: tearing such an iterator
+    down stalled the end of ``fit`` by seconds. A shard up to ``TENSOR_SHARD_BYTES`` is copied
+    into tensors and gathered by TensorFlow ops, the fastest path (no Python per batch). A larger
+    one is never copied: each batch is gathered from the memory-mapped files by a
+    ``numpy_function`` call, run in parallel by ``tf.data``. The tensor copy took 3x the shard's
+    size at peak (a 50,000 x 10,000 fit: 1.0x the memory-mapped way), and a tensor over 2 GB
+    cannot be captured by a dataset at all; the ``numpy_function`` way made a small MLP's epochs
+    about 15 % slower, so small shards keep the tensors.
     """
     rng = np.random.default_rng(seed)
     orders = np.concatenate(
@@ -141,12 +150,28 @@ def training_dataset(
     columns = [shard.features, shard.labels]
     if shard.weights is not None:
         columns.append(shard.weights)
-    tensors = [tf.constant(np.asarray(column)) for column in columns]
-    batches = tf.data.Dataset.from_tensor_slices(orders.astype(np.int32))
-    return batches.map(
-        lambda index: tuple(tf.gather(tensor, index) for tensor in tensors),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).prefetch(tf.data.AUTOTUNE)
+    indices = tf.data.Dataset.from_tensor_slices(orders.astype(np.int32))
+    if shard.features.nbytes <= TENSOR_SHARD_BYTES:
+        tensors = [tf.constant(np.asarray(column)) for column in columns]
+
+        def batch(index: tf.Tensor) -> tuple:
+            return tuple(tf.gather(tensor, index) for tensor in tensors)
+
+    else:
+        signature = _signature(shard, features, label)
+
+        def gather(index: np.ndarray) -> list[np.ndarray]:
+            return [np.asarray(column[index]) for column in columns]
+
+        def batch(index: tf.Tensor) -> tuple:
+            tensors = tf.numpy_function(
+                gather, [index], [spec.dtype for spec in signature], stateful=False
+            )
+            for tensor, spec in zip(tensors, signature, strict=True):
+                tensor.set_shape(spec.shape)
+            return tuple(tensors)
+
+    return indices.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def validation_dataset(

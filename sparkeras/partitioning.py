@@ -3,8 +3,8 @@
 Every row draws a number uniformly at random (``rand(seed)``) that picks its task; a hash
 repartition then sends it there. Spark's hash partitioner puts a key in partition
 ``pmod(murmur3(key, 42), n)``, so each task is given a key that hashes to its own partition: no
-sampling job, shards within a few hundred rows of each other, the same split for the same seed,
-and rows of a sorted DataFrame mixed across workers. Tiny DataFrames, where a random draw could
+sampling job, shards within a few hundred rows of each other, the same split and the same row
+order within each shard for the same seed, and rows of a sorted DataFrame mixed across workers. Tiny DataFrames, where a random draw could
 leave a worker empty, are dealt round-robin in the order of the draw instead.
 
 In parameter-server mode the coordinator's partition receives the held-out validation rows and
@@ -62,6 +62,9 @@ def shard_rows(
         data.withColumn(_DRAW, F.rand(seed))
         .withColumn(_TARGET, target)
         .repartition(len(roles), _TARGET)
+        # A shuffle delivers a partition's blocks in whatever order they arrive: sorting by the
+        # draw makes each shard's row order, and so the fit, the same for the same seed.
+        .sortWithinPartitions(_DRAW)
         .drop(_DRAW, _TARGET)
     )
 

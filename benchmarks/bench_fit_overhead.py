@@ -18,23 +18,7 @@ import argparse
 import time
 
 import numpy as np
-from common import cached, print_result, session
-
-
-def build_model(width: int):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((width,)),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    return model
+from common import binary_mlp, cached, print_result, session
 
 
 def fit_mllib(frame, layers: list[int], batch: int) -> tuple[float, float]:
@@ -86,7 +70,7 @@ def main() -> None:
         predictions = model.predict(features, batch_size=4096, verbose=0)[:, 0]
         return float(np.mean((predictions > 0.5) == labels))
 
-    baseline = build_model(width)
+    baseline = binary_mlp(width, (128, 64))
     started = time.perf_counter()
     baseline.fit(features, labels, batch_size=batch, epochs=epochs, verbose=0)
     keras_seconds = time.perf_counter() - started
@@ -105,7 +89,7 @@ def main() -> None:
     for strategy in strategies:
         extra = {"numPs": 1} if strategy == "parameter_server" else {}
         estimator = SparkKerasEstimator(
-            model=build_model(width),
+            model=binary_mlp(width, (128, 64)),
             strategy=strategy,
             numWorkers=args.workers,
             epochs=epochs,

@@ -26,47 +26,33 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import cached, dense_frame, machine, print_result, session, timed_fit
+from common import (
+    binary_mlp,
+    cached,
+    dense_frame,
+    machine,
+    plot_to,
+    print_result,
+    session,
+    timed_fit,
+)
 
 WIDTH = 100
 
 
-def build_model():
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((WIDTH,)),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    return model
-
-
 def plot(runs: dict[int, dict[str, float]], path: str) -> None:
     """Stacked bars of each size's fit() time: start-up, training, finish."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = sorted(runs)
     labels = [f"{size:,}" for size in sizes]
     bottom = [0.0] * len(sizes)
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    for phase in ("start_up", "training", "finish"):
-        heights = [runs[size][phase] for size in sizes]
-        axes.bar(labels, heights, bottom=bottom, label=phase.replace("_", "-"))
-        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    axes.set_xlabel("rows (x 100 features), 2 workers, 1 epoch")
-    axes.set_ylabel("fit() seconds")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with plot_to(path) as axes:
+        for phase in ("start_up", "training", "finish"):
+            heights = [runs[size][phase] for size in sizes]
+            axes.bar(labels, heights, bottom=bottom, label=phase.replace("_", "-"))
+            bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+        axes.set_xlabel("rows (x 100 features), 2 workers, 1 epoch")
+        axes.set_ylabel("fit() seconds")
+        axes.legend()
 
 
 def main() -> None:
@@ -88,7 +74,9 @@ def main() -> None:
         started = time.perf_counter()
         frame.toPandas()
         to_pandas = time.perf_counter() - started
-        estimator = SparkKerasEstimator(model=build_model(), numWorkers=2, epochs=1, batchSize=1024)
+        estimator = SparkKerasEstimator(
+            model=binary_mlp(WIDTH, (128, 64)), numWorkers=2, epochs=1, batchSize=1024
+        )
         fitted, timing = timed_fit(estimator, frame)
         timing.update(to_pandas=to_pandas, accuracy=fitted.history["accuracy"][-1])
         runs[rows] = timing

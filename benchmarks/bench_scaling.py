@@ -18,45 +18,31 @@ from __future__ import annotations
 
 import argparse
 
-from common import cached, dense_frame, machine, print_result, session, timed_fit
-
-
-def build_model(width: int, hidden: int):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((width,)),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    return model
+from common import (
+    binary_mlp,
+    cached,
+    dense_frame,
+    machine,
+    plot_to,
+    print_result,
+    session,
+    timed_fit,
+)
 
 
 def plot(speedups: dict[int, dict[str, float]], path: str) -> None:
     """Speedup of 2 workers over 1 against the global batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     batches = sorted(speedups)
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    for key, label in (("training", "training phase"), ("fit", "whole fit()")):
-        axes.plot(batches, [speedups[b][key] for b in batches], marker="o", label=label)
-    axes.axhline(2.0, color="grey", linestyle=":", label="linear")
-    axes.axhline(1.7, color="grey", linestyle="--", label="target 1.7")
-    axes.set_xscale("log", base=2)
-    axes.set_xticks(batches, [str(b) for b in batches])
-    axes.set_xlabel("global batch size")
-    axes.set_ylabel("speedup, 2 workers vs 1")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with plot_to(path) as axes:
+        for key, label in (("training", "training phase"), ("fit", "whole fit()")):
+            axes.plot(batches, [speedups[b][key] for b in batches], marker="o", label=label)
+        axes.axhline(2.0, color="grey", linestyle=":", label="linear")
+        axes.axhline(1.7, color="grey", linestyle="--", label="target 1.7")
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(batches, [str(b) for b in batches])
+        axes.set_xlabel("global batch size")
+        axes.set_ylabel("speedup, 2 workers vs 1")
+        axes.legend()
 
 
 def main() -> None:
@@ -81,7 +67,7 @@ def main() -> None:
         timings = {}
         for workers in (1, 2):
             estimator = SparkKerasEstimator(
-                model=build_model(width, hidden),
+                model=binary_mlp(width, (hidden, hidden)),
                 numWorkers=workers,
                 epochs=epochs,
                 batchSize=batch,

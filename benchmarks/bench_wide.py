@@ -25,6 +25,7 @@ import argparse
 
 from common import (
     MachineMemory,
+    binary_mlp,
     dense_frame,
     machine,
     print_result,
@@ -34,26 +35,11 @@ from common import (
 )
 
 
-def build_model(width: int, sparse: bool):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((width,), sparse=sparse),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    return model
-
-
 def fit(frame, width: int, sparse: bool, batch: int) -> dict:
     from sparkeras import SparkKerasEstimator
 
     estimator = SparkKerasEstimator(
-        model=build_model(width, sparse), numWorkers=2, epochs=1, batchSize=batch
+        model=binary_mlp(width, (64,), sparse=sparse), numWorkers=2, epochs=1, batchSize=batch
     )
     with MachineMemory() as memory:
         fitted, timing = timed_fit(estimator, frame)

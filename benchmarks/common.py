@@ -8,6 +8,7 @@ worked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -112,6 +113,26 @@ def sparse_frame(spark, rows: int, dimension: int, nonzeros: int, partitions: in
     return spark.range(0, rows, numPartitions=partitions).mapInArrow(generate, schema)
 
 
+def binary_mlp(width: int, hidden: tuple[int, ...], sparse: bool = False):
+    """A compiled binary classifier: ReLU layers of ``hidden`` sizes, then a sigmoid unit.
+
+    Seeded, so every run of a benchmark starts from the same weights; ``sparse`` declares a
+    sparse input (batches arrive as ``tf.SparseTensor``).
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((width,), sparse=sparse),
+            *[keras.layers.Dense(units, activation="relu") for units in hidden],
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    return model
+
+
 def cached(frame):
     """``frame`` cached and materialised, so that timings leave its generation out."""
     frame = frame.cache()
@@ -143,6 +164,21 @@ def timed_fit(estimator, frame) -> tuple[Any, dict[str, float]]:
         "finish": returned - first_step - training,
         "peak_memory_mib": max(report["peak_memory_mib"] for report in reports),
     }
+
+
+@contextlib.contextmanager
+def plot_to(path: str) -> Iterator[Any]:
+    """Axes of a new 6 x 3.5 inch figure, written to the PNG ``path`` when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    yield axes
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def print_result(name: str, values: dict[str, Any]) -> None:

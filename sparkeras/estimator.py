@@ -236,7 +236,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         return self._set(stallTimeout=value)
 
     def setIntraOpThreads(self, value: int) -> SparkKerasEstimator:
-        """Set TensorFlow's intra-op threads per training process (0: the task's CPUs)."""
+        """Set TensorFlow's threads (intra- and inter-op) per training process (0: task CPUs)."""
         return self._set(intraOpThreads=value)
 
     def setEpochs(self, value: int) -> SparkKerasEstimator:

@@ -249,8 +249,9 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     intraOpThreads: Param[int] = Param(
         Params._dummy(),
         "intraOpThreads",
-        "TensorFlow intra-op threads per training process; 0 (default) uses the task's CPUs "
-        "(spark.task.cpus), so processes sharing a machine do not oversubscribe its cores",
+        "TensorFlow threads per training process (intra-op, and as many inter-op); 0 (default) "
+        "uses the task's CPUs (spark.task.cpus), so processes sharing a machine do not "
+        "oversubscribe its cores",
         typeConverter=_to_positive_int("intraOpThreads", minimum=0),
     )
     epochs: Param[int] = Param(

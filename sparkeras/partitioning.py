@@ -4,8 +4,9 @@ Every row draws a number uniformly at random (``rand(seed)``) that picks its tas
 repartition then sends it there. Spark's hash partitioner puts a key in partition
 ``pmod(murmur3(key, 42), n)``, so each task is given a key that hashes to its own partition: no
 sampling job, shards within a few hundred rows of each other, the same split and the same row
-order within each shard for the same seed, and rows of a sorted DataFrame mixed across workers. Tiny DataFrames, where a random draw could
-leave a worker empty, are dealt round-robin in the order of the draw instead.
+order within each shard for the same seed, and rows of a sorted DataFrame mixed across workers.
+Tiny DataFrames, where a random draw could leave a worker empty, are dealt round-robin in the
+order of the draw instead.
 
 In parameter-server mode the coordinator's partition receives the held-out validation rows and
 the parameter servers' partitions stay empty.

@@ -122,6 +122,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         checkpointDir: str | None = None,
         stallTimeout: float = 600.0,
         intraOpThreads: int = 0,
+        forkServer: bool = True,
         weightCol: str | None = None,
         logDir: str | None = None,
         epochs: int = 1,
@@ -157,6 +158,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         checkpointDir: str | None = None,
         stallTimeout: float = 600.0,
         intraOpThreads: int = 0,
+        forkServer: bool = True,
         weightCol: str | None = None,
         logDir: str | None = None,
         epochs: int = 1,
@@ -238,6 +240,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     def setIntraOpThreads(self, value: int) -> SparkKerasEstimator:
         """Set TensorFlow's threads (intra- and inter-op) per training process (0: task CPUs)."""
         return self._set(intraOpThreads=value)
+
+    def setForkServer(self, value: bool) -> SparkKerasEstimator:
+        """Set whether task processes are forked from a per-executor fork server."""
+        return self._set(forkServer=value)
 
     def setEpochs(self, value: int) -> SparkKerasEstimator:
         """Set the number of epochs."""
@@ -401,6 +407,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             checkpoint_dir=checkpoint_dir,
             stall_timeout=self.getStallTimeout(),
             intra_op_threads=self.getIntraOpThreads(),
+            fork_server=self.getForkServer(),
             log_dir=self.getLogDir() or "",
         )
         # Balanced, mixed shards whatever the input partitioning (skewed, too few partitions,

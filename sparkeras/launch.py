@@ -1,10 +1,10 @@
-"""The barrier stage: one Spark task per role, each starting a fresh TensorFlow process.
+"""The barrier stage: one Spark task per role, each running its own TensorFlow process.
 
 Flow of one task (``train_partition``): write the partition to a local shard -> ``allGather``
 ``host:port``, shard sizes and paths (the rendezvous) -> write the plan and this task's
-assignment -> run ``python -m sparkeras.worker`` as a child that dies with the task -> yield the
-worker's report and, on rank 0, the trained model in chunks. The driver reassembles them in
-:func:`run_training`.
+assignment -> run the TensorFlow process (forked from the executor's fork server, or fresh; see
+``sparkeras.processes``) that dies with the task -> yield the worker's report and, on rank 0, the
+trained model in chunks. The driver reassembles them in :func:`run_training`.
 
 Mirrored mode: every task is a worker and returns when ``fit`` does. Parameter-server mode: task 0
 is the coordinator; the worker and parameter-server tasks keep their TensorFlow servers up (and
@@ -16,17 +16,13 @@ Only plain values (the JSON plan) travel in the task closure; nothing here impor
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +41,13 @@ from sparkeras.plan import (
     Role,
     TrainingPlan,
     WorkerAssignment,
+)
+from sparkeras.processes import (
+    ForkServer,
+    ForkServerError,
+    FreshProcess,
+    TaskProcess,
+    process_environment,
 )
 
 RESULT_SCHEMA = "rank int, kind string, seq int, payload binary"
@@ -132,6 +135,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     plan_json = plan.to_json()
     features, label, roles, staging_dir = plan.features, plan.label, plan.roles, plan.staging_dir
     stall_timeout, checkpoint_dir = plan.stall_timeout, plan.checkpoint_dir
+    use_fork_server = plan.fork_server and ForkServer.supported()
 
     def train_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import BarrierTaskContext
@@ -148,7 +152,8 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         try:
             # Started first: TensorFlow's imports overlap the shard writing and the rendezvous.
             device_env = tensorflow_environment(gpus, os.environ)
-            with contextlib.closing(_WorkerProcess(task_dir, device_env)) as worker:
+            server = _fork_server() if use_fork_server else None
+            with contextlib.closing(_WorkerProcess(task_dir, device_env, server)) as worker:
                 shard_dir = os.path.join(task_dir, "shard")
                 try:
                     rows = write_shard(batches, shard_dir, features, label)
@@ -197,6 +202,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                         report = json.load(file)
                 report["task_attempt"] = context.attemptNumber()
                 report["task_gpus"] = gpus
+                report["worker_process"] = worker.how
                 report["task_started_at"] = started
                 report["log_tail"] = _log_tail(worker.log_path)
                 report["task_seconds"] = {
@@ -366,49 +372,58 @@ def _first_ephemeral_port() -> int:
         return 32768  # Linux's default
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the Spark worker that started it dies."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+def _fork_server() -> ForkServer | None:
+    """This executor's fork server, or ``None`` when it cannot have one (see ``processes``)."""
+    try:
+        return ForkServer()
+    except (ForkServerError, OSError):
+        return None
 
 
 class _WorkerProcess:
-    """The task's TensorFlow process, ``python -m sparkeras.worker TASK_DIR``.
+    """The task's TensorFlow process (``sparkeras.processes``), started and watched by the task.
 
-    It imports TensorFlow at once, then waits on its stdin for the go signal that follows the
-    rendezvous; end of input without it makes it exit. It is SIGKILLed when the Spark worker
-    that started it dies (Linux), and by :meth:`close` whenever the task ends early.
+    With a fork server, the server is started (if needed) when the task starts, so that its
+    TensorFlow import overlaps the shard writing, and the process is forked after the
+    rendezvous. Without one, a fresh process starts at once and imports while the shard is
+    written. Either way :meth:`close` kills the process whenever the task ends.
     """
 
-    def __init__(self, task_dir: str, device_env: dict[str, str]) -> None:
+    def __init__(
+        self, task_dir: str, device_env: dict[str, str], fork_server: ForkServer | None
+    ) -> None:
         self.task_dir = task_dir
         self.log_path = os.path.join(task_dir, "worker.log")
-        self.device_env = device_env
-        self.process = self._start()
+        open(self.log_path, "ab").close()
+        self.env = process_environment(device_env)
+        self.fork_server = fork_server
+        #: How the process was started ("forked", "fresh"), and why not forked when it was not.
+        self.how = ""
+        self.process: TaskProcess | None = None
+        if fork_server is None:
+            self.process = self._start()
+        else:
+            fork_server.start()
 
-    def _start(self) -> subprocess.Popen:
-        env = dict(os.environ)
-        env.update(
-            PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
-            PYTHONUNBUFFERED="1",
-            TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-            **self.device_env,  # set before TensorFlow starts: it reads them once
-        )
-        with open(self.log_path, "ab") as log:  # a restarted server appends to the same log
-            return subprocess.Popen(
-                [sys.executable, "-m", "sparkeras.worker", self.task_dir],
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-                start_new_session=True,
-            )
+    def _start(self) -> TaskProcess:
+        if self.fork_server is not None:
+            try:
+                process: TaskProcess = self.fork_server.fork(self.task_dir, self.log_path, self.env)
+                self.how = process.how
+                return process
+            except ForkServerError as error:  # still trains, paying TensorFlow's import
+                self.fork_server = None
+                self.how = f"fresh ({error})"
+                return FreshProcess(self.task_dir, self.log_path, self.env)
+        process = FreshProcess(self.task_dir, self.log_path, self.env)
+        self.how = self.how or process.how
+        return process
 
-    def _go(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(b"go\n")
-        self.process.stdin.close()
+    def _go(self) -> TaskProcess:
+        if self.process is None:
+            self.process = self._start()
+        self.process.go()
+        return self.process
 
     def run(self, rank: int, stall_timeout: float) -> None:
         """Let the process train (plan and assignment are written) and wait for it.
@@ -417,22 +432,18 @@ class _WorkerProcess:
         has not for ``stall_timeout`` seconds, the process is killed and the task fails, so a
         stuck worker ends in a retry or an error instead of a hang.
         """
-        self._go()
+        process = self._go()
         heartbeat = os.path.join(self.task_dir, HEARTBEAT_FILE)
         started = time.time()  # the task directory is new: no heartbeat is older than this
-        while True:
-            try:
-                exit_code = self.process.wait(timeout=SERVER_POLL_SECONDS * 4)
-                break
-            except subprocess.TimeoutExpired:
-                last = os.path.getmtime(heartbeat) if os.path.exists(heartbeat) else started
-                if time.time() - last > stall_timeout:
-                    self.close()
-                    raise _fail(
-                        f"Training worker {rank} made no progress for {stall_timeout:g} s "
-                        "(stallTimeout): a worker is stuck, or a step, an evaluation or a "
-                        "checkpoint takes longer than that. Raise stallTimeout if it is slow work."
-                    ) from None
+        while (exit_code := process.wait(SERVER_POLL_SECONDS * 4)) is None:
+            last = os.path.getmtime(heartbeat) if os.path.exists(heartbeat) else started
+            if time.time() - last > stall_timeout:
+                self.close()
+                raise _fail(
+                    f"Training worker {rank} made no progress for {stall_timeout:g} s "
+                    "(stallTimeout): a worker is stuck, or a step, an evaluation or a "
+                    "checkpoint takes longer than that. Raise stallTimeout if it is slow work."
+                ) from None
         if exit_code != 0:
             raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
 
@@ -448,7 +459,7 @@ class _WorkerProcess:
         int
             How many times the server was restarted.
         """
-        self._go()
+        process = self._go()
         outcome: dict[str, BaseException] = {}
 
         def wait_for_release() -> None:
@@ -461,24 +472,22 @@ class _WorkerProcess:
         waiter.start()
         restarts = 0
         while waiter.is_alive():
-            waiter.join(SERVER_POLL_SECONDS)
-            exit_code = self.process.poll()
+            exit_code = process.wait(SERVER_POLL_SECONDS)
             if exit_code is None or not waiter.is_alive():
                 continue
             if restarts == MAX_SERVER_RESTARTS:
                 raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
             restarts += 1
-            self.process = self._start()
-            self._go()
+            self.process = None
+            process = self._go()
         if "error" in outcome:
             raise outcome["error"]
         return restarts
 
     def close(self) -> None:
-        """Kill the process group if it is still running."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        """Kill the process if it is still running."""
+        if self.process is not None:
+            self.process.kill()
 
 
 def _log_tail(log_path: str) -> str:

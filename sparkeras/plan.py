@@ -83,6 +83,8 @@ class TrainingPlan:
     log_dir: str = ""
     #: TensorFlow intra-op threads per process; 0 for the task's CPUs (see ``devices``).
     intra_op_threads: int = 0
+    #: Fork each task's TensorFlow process from the executor's fork server (``processes``).
+    fork_server: bool = True
 
     @property
     def roles(self) -> list[Role]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -105,17 +106,21 @@ def build_classifier(n_features_in, n_classes, hidden=16):
     return model
 
 
-def worker_processes() -> list:
-    """PIDs of sparkeras TensorFlow worker processes still running on this machine."""
-    import psutil
+def worker_processes(rank: int | None = None) -> list[int]:
+    """PIDs of sparkeras training processes still running here, fresh or forked.
 
-    def is_worker(process) -> bool:
+    A training process writes its output to its task's ``worker.log``; the executor's fork
+    server, which writes elsewhere, is not one. ``rank`` selects one task's process.
+    """
+    log = re.compile(rf"/sparkeras-task{rank if rank is not None else '[0-9]+'}-[^/]+/worker\.log")
+    pids = []
+    for entry in os.listdir("/proc"):
         try:
-            return "sparkeras.worker" in " ".join(process.cmdline())
-        except psutil.Error:
-            return False
-
-    return [process.pid for process in psutil.process_iter() if is_worker(process)]
+            if entry.isdigit() and log.search(os.readlink(f"/proc/{entry}/fd/1")):
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
 
 
 def spark_jobs(spark) -> int:

@@ -134,13 +134,12 @@ class KillWorkerOnce(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch != 0:
             return
-        for pid in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as file:
-                    command = file.read().decode(errors="replace")
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:  # a training process writes to its task's log: sparkeras-task1-*/worker.log
+                log = os.readlink(f"/proc/{pid}/fd/1")
             except OSError:
                 continue
-            if "sparkeras.worker" in command and "sparkeras-task1-" in command:
+            if "/sparkeras-task1-" in log and "/worker.log" in log:
                 os.kill(int(pid), signal.SIGKILL)
 
 

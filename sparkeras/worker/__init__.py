@@ -1,5 +1,6 @@
-"""Code of the fresh TensorFlow process that each Spark task starts (``python -m sparkeras.worker``).
+"""Code of the TensorFlow process that each Spark task runs (``python -m sparkeras.worker``).
 
-Nothing outside this package imports it: TensorFlow must be configured for collectives before its
-first op, which is only possible in a process that has not run TensorFlow yet.
+Only the Spark side's process plumbing (``sparkeras.processes``) imports from here, and only the
+modules that do not import TensorFlow (``task``, ``fork_server``): TensorFlow must be configured
+for collectives before its first op, which is only possible in a process that has not run it.
 """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from sparkeras.plan import (
 from sparkeras.plan import validation_rows_per_worker as validation_rows
 from sparkeras.worker.progress import ProgressReporter, chief_callbacks
 from sparkeras.worker.report import Heartbeat, PhaseClock, training_report
+from sparkeras.worker.task import exit_process
 
 #: Gradients are packed into all-reduce messages of up to this size.
 GRADIENT_PACK_BYTES = 32 * 1024 * 1024
@@ -104,9 +104,7 @@ def train(
         )
         with open(report_path, "w") as file:
             json.dump(report, file)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_process(0)
 
     bookkeeping = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: epoch_starts.append(time.time()),

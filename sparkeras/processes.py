@@ -1,0 +1,311 @@
+"""Starting a Spark task's TensorFlow process: forked from the executor's fork server, or fresh.
+
+A fork server (``sparkeras.worker.fork_server``) is one process per executor and Python setup
+that has imported TensorFlow once; each task asks it for a child over a Unix socket and gets a
+process ready to train in milliseconds instead of a fresh interpreter that spends about 3 s
+importing. The first task that needs a server starts it, without waiting for it, at the start of
+the task, so its import overlaps the shard writing just as a fresh process's would. Where no
+server can run (not Linux, or it fails to start), tasks start fresh processes
+(``python -m sparkeras.worker TASK_DIR``). Nothing here imports TensorFlow.
+
+Both kinds of process follow the same control protocol (``sparkeras.worker.task``): ``go`` once
+the rendezvous is done, and the process ends with its task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+from sparkeras.worker import fork_server
+from sparkeras.worker.task import EXIT, GO
+
+#: Exit code reported for a forked process that ended without announcing one (killed, crashed).
+NO_EXIT_CODE = -1
+#: Seconds a task waits for a fork server to come up (it imports TensorFlow first).
+START_TIMEOUT = 120.0
+#: Environment variables that change what importing TensorFlow does; part of a server's key.
+_IMPORT_ENVIRONMENT = ("TF_", "KERAS_", "XLA_", "CUDA_", "OMP_", "MKL_", "PYTHON")
+#: Longest Unix socket path that every platform accepts.
+_MAX_SOCKET_PATH = 100
+
+
+class ForkServerError(RuntimeError):
+    """No fork server could be reached; the task starts a fresh process instead."""
+
+
+class TaskProcess(Protocol):
+    """A task's TensorFlow process, however it was started."""
+
+    pid: int
+
+    def go(self) -> None:
+        """Tell the process that the rendezvous is done (plan and assignment are written)."""
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds; the exit code, or ``None`` if it still runs."""
+
+    def kill(self) -> None:
+        """SIGKILL the process (and anything it started) if it still runs."""
+
+
+def process_environment(device_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a task's TensorFlow process (also a fork server's, without devices)."""
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        **device_env,  # set before TensorFlow starts: it reads them once
+    )
+    return env
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it when the Spark worker that started it dies."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+class FreshProcess:
+    """``python -m sparkeras.worker TASK_DIR``: a new interpreter that imports TensorFlow itself.
+
+    It waits on its stdin for ``go``; end of input without it makes it exit. It is SIGKILLed when
+    the Spark worker that started it dies (Linux).
+    """
+
+    how = "fresh"
+
+    def __init__(self, task_dir: str, log_path: str, env: Mapping[str, str]) -> None:
+        with open(log_path, "ab") as log:  # a restarted server appends to the same log
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sparkeras.worker", task_dir],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                start_new_session=True,
+            )
+        self.pid = self.process.pid
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(GO + b"\n")
+        self.process.stdin.close()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class ForkedProcess:
+    """A child of a fork server, driven over its connection.
+
+    Closing the connection ends the child (it watches it), which covers a Spark worker that
+    dies without running any cleanup. The child announces its exit code before it ends.
+    """
+
+    how = "forked"
+
+    def __init__(self, connection: socket.socket, pid: int) -> None:
+        self.connection = connection
+        self.pid = pid
+        self._received = b""
+        self._exit_code: int | None = None
+
+    def go(self) -> None:
+        self.connection.sendall(GO + b"\n")
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self._exit_code is None:
+            remaining = deadline - time.monotonic()
+            if remaining < 0 or not select.select([self.connection], [], [], remaining)[0]:
+                return None
+            data = self.connection.recv(4096)
+            self._received += data
+            for line in self._received.splitlines():
+                if line.startswith(EXIT + b" "):
+                    self._exit_code = int(line.split()[1])
+            if not data and self._exit_code is None:
+                self._exit_code = NO_EXIT_CODE
+        return self._exit_code
+
+    def kill(self) -> None:
+        if self.wait(0) is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self.connection.close()
+
+
+class ForkServer:
+    """The Spark task's handle on its executor's fork server.
+
+    A server is identified by a key: the Python executable, ``sys.path``, the anchor (the
+    executor's Python daemon, parent of this Python worker), the installed sparkeras files and
+    the environment variables that change TensorFlow's import. A task whose key differs (a new
+    SparkContext, an upgraded package) gets its own server; an outdated one ends with its anchor.
+
+    Parameters
+    ----------
+    root : str, optional
+        Directory for the ``sparkeras-UID`` directory of sockets and logs (default: the
+        temporary directory).
+    anchor : int, optional
+        Process whose end ends the server (default: this process's parent).
+
+    Examples
+    --------
+    >>> server = ForkServer()  # in a Spark task  # doctest: +SKIP
+    >>> server.start()  # returns at once; the server imports TensorFlow  # doctest: +SKIP
+    >>> process = server.fork(task_dir, log_path, env)  # waits for the server  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | None = None, anchor: int | None = None) -> None:
+        directory = _private_directory(root or tempfile.gettempdir())
+        self.anchor = anchor or os.getppid()
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    sys.executable,
+                    sys.path,
+                    self.anchor,
+                    _package_fingerprint(),
+                    sorted(
+                        (name, value)
+                        for name, value in os.environ.items()
+                        if name.startswith(_IMPORT_ENVIRONMENT)
+                    ),
+                ]
+            ).encode()
+        ).hexdigest()[:16]
+        self.socket_path = os.path.join(directory, f"fork-{key}.sock")
+        if len(self.socket_path) > _MAX_SOCKET_PATH:
+            raise ForkServerError(f"socket path too long: {self.socket_path}")
+        self.log_path = os.path.join(directory, f"fork-{key}.log")
+        #: The server this handle started last (it may have lost the race to another task's).
+        self._started: subprocess.Popen | None = None
+        self._starts = 0
+
+    @staticmethod
+    def supported() -> bool:
+        """Fork servers run on Linux only (forking is unsafe with macOS system frameworks)."""
+        return sys.platform.startswith("linux")
+
+    def start(self) -> None:
+        """Start the server unless one is running or starting; does not wait for it."""
+        if self.is_running() or (self._started is not None and self._started.poll() is None):
+            return
+        self._starts += 1
+        command = [sys.executable, "-m", "sparkeras.worker", fork_server.FLAG]
+        with open(self.log_path, "ab") as log:
+            self._started = subprocess.Popen(
+                [*command, self.socket_path, str(self.anchor)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=process_environment({}),
+                start_new_session=True,  # outlives this Python worker; ends with the anchor
+            )
+
+    def fork(
+        self,
+        task_dir: str,
+        log_path: str,
+        env: Mapping[str, str],
+        timeout: float = START_TIMEOUT,
+    ) -> ForkedProcess:
+        """A new child of the server for this task, waiting for ``go``.
+
+        Waits up to ``timeout`` seconds for a server that is still importing TensorFlow, and
+        starts one (again) if none is running.
+
+        Raises
+        ------
+        ForkServerError
+            When no server answers.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                connection.connect(self.socket_path)
+                break
+            except OSError:
+                connection.close()
+            if not self.is_running() and (
+                self._started is None or self._started.poll() is not None
+            ):
+                if self._starts >= 2:
+                    raise ForkServerError(f"the fork server exited: {self._log_tail()}")
+                self.start()
+            if time.monotonic() > deadline:
+                raise ForkServerError(f"no fork server answered within {timeout:g} s")
+            time.sleep(0.02)
+        try:
+            request = {"task_dir": task_dir, "log_path": log_path, "env": dict(env)}
+            connection.sendall(json.dumps(request).encode() + b"\n")
+            connection.settimeout(fork_server.REQUEST_SECONDS)
+            reply = connection.makefile("rb", buffering=0).readline().split()
+            connection.settimeout(None)
+            return ForkedProcess(connection, int(reply[1]))
+        except (OSError, ValueError, IndexError) as error:
+            connection.close()
+            raise ForkServerError(f"the fork server did not fork: {error!r}") from None
+
+    def is_running(self) -> bool:
+        """Whether a server holds the lock of this socket path (it does from its first line)."""
+        with open(fork_server.lock_path(self.socket_path), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+
+    def _log_tail(self) -> str:
+        with open(self.log_path, errors="replace") as log:
+            return "".join(log.readlines()[-20:]).strip()
+
+
+def _private_directory(root: str) -> str:
+    """``ROOT/sparkeras-UID``, readable by this user only: its sockets fork processes as us."""
+    directory = os.path.join(root, f"sparkeras-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    status = os.lstat(directory)
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid() or status.st_mode & 0o077:
+        raise ForkServerError(f"{directory} is not a directory private to this user")
+    return directory
+
+
+def _package_fingerprint() -> list[tuple[str, int, int]]:
+    """Name, size and modification time of every module of the installed sparkeras."""
+    package = Path(__file__).parent
+    return sorted(
+        (str(path.relative_to(package)), path.stat().st_size, path.stat().st_mtime_ns)
+        for path in package.rglob("*.py")
+    )

@@ -6,7 +6,9 @@ Workload (issue #7, targets 2 and 3): 10,000, 100,000 and 1,000,000 rows x 100 f
 
 * ``fit()`` wall time, split into start-up (call to the first training step), training and finish;
 * the fixed start-up cost: call to first training step of the smallest run, where the rows
-  cost next to nothing (target < 15 s);
+  cost next to nothing (target < 15 s); the sizes run after one more fit of the smallest size,
+  which starts the executor's fork server (TensorFlow imported once), and whose start-up is
+  reported as the cold start-up of a session's first fit;
 * the cost per row once that fixed cost is paid, ``(fit(n) - fixed) / n``, whose value at 1M must
   stay within 1.3x of its value at 100k (linear growth);
 * the data path: from a barrier task's start to its first training step (shard written,
@@ -19,6 +21,7 @@ Run from the repo root:
     .venv/bin/python benchmarks/bench_growth.py                       # 10k, 100k, 1M rows
     .venv/bin/python benchmarks/bench_growth.py --plot docs/img/growth.png
     .venv/bin/python benchmarks/bench_growth.py --quick               # 2k and 20k rows
+    .venv/bin/python benchmarks/bench_growth.py --fresh               # no fork server
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 and 20,000 rows")
     parser.add_argument("--plot", help="write a bar chart of the fit() phases to this PNG")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="a fresh TensorFlow process per task (forkServer=False)",
+    )
     args = parser.parse_args()
     sizes = (2_000, 20_000) if args.quick else (10_000, 100_000, 1_000_000)
 
@@ -68,16 +76,31 @@ def main() -> None:
     spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
     print(f"{machine()}; rows={sizes} width={WIDTH} batch=1024 epochs=1 workers=2")
 
+    def estimator():
+        return SparkKerasEstimator(
+            model=binary_mlp(WIDTH, (128, 64)),
+            numWorkers=2,
+            epochs=1,
+            batchSize=1024,
+            forkServer=not args.fresh,
+        )
+
+    frame = cached(dense_frame(spark, sizes[0], WIDTH, partitions=4))
+    fitted, cold = timed_fit(estimator(), frame)
+    frame.unpersist()
+    processes = sorted({report["worker_process"] for report in fitted.workerReports})
+    print(
+        f"first fit of the session ({sizes[0]:,} rows, {processes} processes): start-up "
+        f"{cold['start_up']:.1f} s, fit {cold['fit']:.1f} s"
+    )
+
     runs: dict[int, dict[str, float]] = {}
     for rows in sizes:
         frame = cached(dense_frame(spark, rows, WIDTH, partitions=max(4, rows // 125_000)))
         started = time.perf_counter()
         frame.toPandas()
         to_pandas = time.perf_counter() - started
-        estimator = SparkKerasEstimator(
-            model=binary_mlp(WIDTH, (128, 64)), numWorkers=2, epochs=1, batchSize=1024
-        )
-        fitted, timing = timed_fit(estimator, frame)
+        fitted, timing = timed_fit(estimator(), frame)
         timing.update(to_pandas=to_pandas, accuracy=fitted.history["accuracy"][-1])
         runs[rows] = timing
         frame.unpersist()
@@ -106,6 +129,8 @@ def main() -> None:
         {
             "per_row_growth": growth,
             "fixed_start_up": fixed,
+            "cold_start_up": cold["start_up"],
+            "worker_processes": processes,
             "data_path_ratio": max(run["data_path"] / run["to_pandas"] for run in runs.values()),
             **{f"{key}_{rows}": value for rows, run in runs.items() for key, value in run.items()},
         },

@@ -48,6 +48,8 @@ def test_growth_splits_fit_time_and_measures_the_data_path(tmp_path):
         assert 0 < result[f"data_path_{rows}"] < result[f"start_up_{rows}"]
         assert result[f"to_pandas_{rows}"] > 0
     assert result["fixed_start_up"] == result["start_up_2000"]
+    assert result["cold_start_up"] > 0
+    assert result["worker_processes"] == ["forked"]
     assert 0 < result["write_shard_20000"] < result["data_path_20000"]
 
 

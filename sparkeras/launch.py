@@ -1,7 +1,8 @@
 """The barrier stage: one Spark task per role, each running its own TensorFlow process.
 
-Flow of one task (``train_partition``): write the partition to a local shard -> ``allGather``
-``host:port``, shard sizes and paths (the rendezvous) -> write the plan and this task's
+Flow of one task (``train_partition``): write the partition to a local shard -> gather every
+task's ``host:port``, shard size and path (the rendezvous: on the driver, or with Spark's
+``allGather``; see ``sparkeras.rendezvous``) -> write the plan and this task's
 assignment -> run the TensorFlow process (forked from the executor's fork server, or fresh; see
 ``sparkeras.processes``) that dies with the task -> yield the worker's report and, on rank 0, the
 trained model in chunks. The driver reassembles them in :func:`run_training`.
@@ -33,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from sparkeras import rendezvous
 from sparkeras.devices import task_gpu_addresses, tensorflow_environment
 from sparkeras.plan import (
     FAILURE_FILE,
@@ -49,6 +51,7 @@ from sparkeras.processes import (
     TaskProcess,
     process_environment,
 )
+from sparkeras.progress import driver_host
 
 RESULT_SCHEMA = "rank int, kind string, seq int, payload binary"
 #: Size of the rows that carry the trained model back to the driver.
@@ -136,6 +139,8 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     features, label, roles, staging_dir = plan.features, plan.label, plan.roles, plan.staging_dir
     stall_timeout, checkpoint_dir = plan.stall_timeout, plan.checkpoint_dir
     use_fork_server = plan.fork_server and ForkServer.supported()
+    #: Where the tasks meet on the driver (address, secret), set below; None: ``allGather``.
+    meeting_point: tuple[str, str] | None = None
 
     def train_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import BarrierTaskContext
@@ -164,9 +169,12 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 host = executor.rsplit(":", 1)[0]
                 message = {"rows": rows, "shard_dir": shard_dir, "error": error}
                 shard_written = time.time()
-                for _ in range(RENDEZVOUS_ROUNDS):  # until no two tasks drew the same port
+                for round_number in range(RENDEZVOUS_ROUNDS):  # until all drew distinct ports
                     message["address"] = f"{host}:{_free_port()}"
-                    peers = [json.loads(peer) for peer in context.allGather(json.dumps(message))]
+                    gathered, met_via = _gather(
+                        context, meeting_point, round_number, len(roles), json.dumps(message)
+                    )
+                    peers = [json.loads(peer) for peer in gathered]
                     if len({peer["address"] for peer in peers}) == len(peers):
                         break
                 rendezvous_done = time.time()
@@ -203,6 +211,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 report["task_attempt"] = context.attemptNumber()
                 report["task_gpus"] = gpus
                 report["worker_process"] = worker.how
+                report["rendezvous"] = met_via
                 report["task_started_at"] = started
                 report["log_tail"] = _log_tail(worker.log_path)
                 report["task_seconds"] = {
@@ -225,16 +234,39 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     # whole when a task fails (up to spark.stage.maxConsecutiveAttempts times, when the task
     # failures allowed by spark.task.maxFailures let it); a failed barrier *result* stage is
     # never retried. A retried stage resumes from the last epoch checkpoint.
-    results = shards.mapInArrow(train_partition, RESULT_SCHEMA, barrier=True).repartition(1)
-    try:
-        with _cancelled_on_interrupt(shards.sparkSession):
-            rows = results.collect()
-    except Exception as error:
-        detail = _worker_failure(str(error))
-        if detail is None:
-            raise
-        raise TrainingError(detail) from None
+    host = driver_host(shards.sparkSession)
+    with contextlib.ExitStack() as stack:
+        if host is not None:
+            server = stack.enter_context(rendezvous.RendezvousServer(host))
+            meeting_point = (server.address, server.secret)
+        results = shards.mapInArrow(train_partition, RESULT_SCHEMA, barrier=True).repartition(1)
+        try:
+            with _cancelled_on_interrupt(shards.sparkSession):
+                rows = results.collect()
+        except Exception as error:
+            detail = _worker_failure(str(error))
+            if detail is None:
+                raise
+            raise TrainingError(detail) from None
     return _assemble(rows)
+
+
+def _gather(
+    context: Any, meeting_point: tuple[str, str] | None, round_number: int, size: int, message: str
+) -> tuple[list[str], str]:
+    """Every task's ``message`` by rank, and how the tasks met: on the driver when they all can
+    (milliseconds), else with ``allGather`` (a second; see ``sparkeras.rendezvous``)."""
+    if meeting_point is not None:
+        address, secret = meeting_point
+        try:
+            messages = rendezvous.gather(
+                address, secret, str(round_number), context.partitionId(), size, message
+            )
+        except rendezvous.RendezvousError as error:
+            raise _fail(str(error)) from None
+        if messages is not None:
+            return messages, "driver"
+    return context.allGather(message), "allGather"
 
 
 @contextlib.contextmanager

@@ -139,6 +139,7 @@ def test_forked_and_fresh_processes_train_the_same_model(spark):
     forked, again, fresh = fit(True), fit(True), fit(False)
     assert [r["worker_process"] for r in again.workerReports] == ["forked", "forked"]
     assert [r["worker_process"] for r in fresh.workerReports] == ["fresh", "fresh"]
+    assert [r["rendezvous"] for r in again.workerReports] == ["driver", "driver"]
     assert forked.history == again.history == fresh.history
     for forked_weights, fresh_weights in zip(
         forked.getKerasModel().get_weights(), fresh.getKerasModel().get_weights(), strict=True

@@ -21,7 +21,7 @@ import argparse
 import time
 
 import numpy as np
-from common import binary_mlp, cached, print_result, session
+from common import binary_mlp, cached, print_result, session, warm_up
 
 
 def fit_mllib(frame, layers: list[int], batch: int) -> tuple[float, float]:
@@ -78,14 +78,7 @@ def main() -> None:
         predictions = model.predict(features, batch_size=4096, verbose=0)[:, 0]
         return float(np.mean((predictions > 0.5) == labels))
 
-    started = time.perf_counter()
-    SparkKerasEstimator(
-        model=binary_mlp(width, (128, 64)),
-        numWorkers=args.workers,
-        stepsPerEpoch=5,
-        forkServer=not args.fresh,
-    ).fit(frame)
-    first_fit_seconds = time.perf_counter() - started
+    first_fit_seconds = warm_up(frame, width, args.workers, fork_server=not args.fresh)
 
     baseline = binary_mlp(width, (128, 64))
     started = time.perf_counter()

@@ -27,6 +27,7 @@ from common import (
     print_result,
     session,
     timed_fit,
+    warm_up,
 )
 
 
@@ -60,6 +61,7 @@ def main() -> None:
     spark = session(slots=2)
     frame = cached(dense_frame(spark, rows, width, partitions=4))
     print(f"{machine()}; rows={rows} width={width} hidden={hidden} epochs={epochs}")
+    print(f"first fit of the session (untimed, 5 steps): {warm_up(frame, width, 2):.1f} s")
 
     results: dict = {"rows": rows}
     speedups: dict[int, dict[str, float]] = {}

@@ -140,6 +140,18 @@ def cached(frame):
     return frame
 
 
+def warm_up(frame, width: int, workers: int, fork_server: bool = True) -> float:
+    """Seconds of a 5-step fit that starts the executors' fork servers (TensorFlow imported once,
+    see ``sparkeras.processes``), so that the fits timed after it are a session's steady state."""
+    from sparkeras import SparkKerasEstimator
+
+    started = time.perf_counter()
+    SparkKerasEstimator(
+        model=binary_mlp(width, (8,)), numWorkers=workers, stepsPerEpoch=5, forkServer=fork_server
+    ).fit(frame)
+    return time.perf_counter() - started
+
+
 def timed_fit(estimator, frame) -> tuple[Any, dict[str, float]]:
     """Fit and split the wall time with the workers' reports (all on one host's clock).
 

@@ -9,7 +9,7 @@ trained model in chunks. The driver reassembles them in :func:`run_training`.
 
 Mirrored mode: every task is a worker and returns when ``fit`` does. Parameter-server mode: task 0
 is the coordinator; the worker and parameter-server tasks keep their TensorFlow servers up (and
-restart them if they die) until the coordinator finishes and releases them with a barrier.
+restart them if they die) until the coordinator finishes and releases them (a last meeting).
 
 Only plain values (the JSON plan) travel in the task closure; nothing here imports TensorFlow.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -157,8 +158,10 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         try:
             # Started first: TensorFlow's imports overlap the shard writing and the rendezvous.
             device_env = tensorflow_environment(gpus, os.environ)
-            server = _fork_server() if use_fork_server else None
-            with contextlib.closing(_WorkerProcess(task_dir, device_env, server)) as worker:
+            server, no_server = _fork_server() if use_fork_server else (None, "")
+            with contextlib.closing(
+                _WorkerProcess(task_dir, device_env, server, no_server)
+            ) as worker:
                 shard_dir = os.path.join(task_dir, "shard")
                 try:
                     rows = write_shard(batches, shard_dir, features, label)
@@ -178,6 +181,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     if len({peer["address"] for peer in peers}) == len(peers):
                         break
                 rendezvous_done = time.time()
+                release = functools.partial(_release, context, meeting_point, met_via, len(roles))
                 _check_rendezvous(peers, roles, plan.validation_fraction)
                 assignment = WorkerAssignment(
                     rank=rank,
@@ -195,7 +199,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     file.write(assignment.to_json())
                 if "ps" in roles and role != "chief":
                     # A parameter-server cluster's servers run until the coordinator is done.
-                    restarts = worker.serve(rank, release=context.barrier)
+                    restarts = worker.serve(rank, release=release)
                     report = {
                         "rank": rank,
                         "role": role,
@@ -205,7 +209,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 else:
                     worker.run(rank, stall_timeout)
                     if "ps" in roles:
-                        context.barrier()  # the coordinator is done: release the servers
+                        release()  # the coordinator is done: release the servers
                     with open(os.path.join(task_dir, "report.json")) as file:
                         report = json.load(file)
                 report["task_attempt"] = context.attemptNumber()
@@ -267,6 +271,17 @@ def _gather(
         if messages is not None:
             return messages, "driver"
     return context.allGather(message), "allGather"
+
+
+def _release(context: Any, meeting_point: tuple[str, str] | None, met_via: str, size: int) -> None:
+    """The end of a parameter-server cluster's stage: each task waits until all have arrived
+    (the coordinator arrives when training is done). Tasks that met on the driver meet there
+    again, with no deadline; the others use Spark's ``barrier``."""
+    if met_via == "driver" and meeting_point is not None:
+        address, secret = meeting_point
+        rendezvous.gather(address, secret, "release", context.partitionId(), size, "", patient=True)
+    else:
+        context.barrier()
 
 
 @contextlib.contextmanager
@@ -404,12 +419,12 @@ def _first_ephemeral_port() -> int:
         return 32768  # Linux's default
 
 
-def _fork_server() -> ForkServer | None:
-    """This executor's fork server, or ``None`` when it cannot have one (see ``processes``)."""
+def _fork_server() -> tuple[ForkServer | None, str]:
+    """This executor's fork server, or ``None`` and why it cannot have one (see ``processes``)."""
     try:
-        return ForkServer()
-    except (ForkServerError, OSError):
-        return None
+        return ForkServer(), ""
+    except (ForkServerError, OSError) as error:
+        return None, str(error)
 
 
 class _WorkerProcess:
@@ -422,7 +437,11 @@ class _WorkerProcess:
     """
 
     def __init__(
-        self, task_dir: str, device_env: dict[str, str], fork_server: ForkServer | None
+        self,
+        task_dir: str,
+        device_env: dict[str, str],
+        fork_server: ForkServer | None,
+        no_fork_server: str = "",
     ) -> None:
         self.task_dir = task_dir
         self.log_path = os.path.join(task_dir, "worker.log")
@@ -430,7 +449,7 @@ class _WorkerProcess:
         self.env = process_environment(device_env)
         self.fork_server = fork_server
         #: How the process was started ("forked", "fresh"), and why not forked when it was not.
-        self.how = ""
+        self.how = f"fresh ({no_fork_server})" if no_fork_server else ""
         self.process: TaskProcess | None = None
         if fork_server is None:
             self.process = self._start()

@@ -185,7 +185,6 @@ class ForkServer:
     """
 
     def __init__(self, root: str | None = None, anchor: int | None = None) -> None:
-        directory = _private_directory(root or tempfile.gettempdir())
         self.anchor = anchor or os.getppid()
         key = hashlib.sha256(
             json.dumps(
@@ -202,9 +201,13 @@ class ForkServer:
                 ]
             ).encode()
         ).hexdigest()[:16]
-        self.socket_path = os.path.join(directory, f"fork-{key}.sock")
-        if len(self.socket_path) > _MAX_SOCKET_PATH:
-            raise ForkServerError(f"socket path too long: {self.socket_path}")
+        # A container's temporary directory (YARN) can be too deep for a Unix socket's path.
+        roots = [root] if root else [tempfile.gettempdir(), "/tmp"]
+        fitting = [r for r in roots if len(_socket_path(r, key)) <= _MAX_SOCKET_PATH]
+        if not fitting:
+            raise ForkServerError(f"socket path too long: {_socket_path(roots[0], key)}")
+        directory = _private_directory(fitting[0])
+        self.socket_path = _socket_path(fitting[0], key)
         self.log_path = os.path.join(directory, f"fork-{key}.log")
         #: The server this handle started last (it may have lost the race to another task's).
         self._started: subprocess.Popen | None = None
@@ -289,6 +292,10 @@ class ForkServer:
     def _log_tail(self) -> str:
         with open(self.log_path, errors="replace") as log:
             return "".join(log.readlines()[-20:]).strip()
+
+
+def _socket_path(root: str, key: str) -> str:
+    return os.path.join(root, f"sparkeras-{os.getuid()}", f"fork-{key}.sock")
 
 
 def _private_directory(root: str) -> str:

@@ -11,8 +11,8 @@ uses ``allGather``; the server then tells the tasks that did reach it to do the 
 :data:`FALLBACK_SECONDS` have passed since the first of them arrived without all the others.
 Only a task that could not even connect decides on its own, and the server never counts it.
 
-Messages: the task sends ``SECRET\\n`` then ``{"key", "rank", "size", "message"}\\n``; the server
-answers ``{"messages": [...]}`` (by rank) or ``{"fallback": true}``.
+Messages: the task sends ``SECRET\\n`` then ``{"key", "rank", "size", "message", "patient"}\\n``;
+the server answers ``{"messages": [...]}`` (by rank) or ``{"fallback": true}``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import math
 import secrets
 import select
 import socket
@@ -87,17 +88,23 @@ class RendezvousServer:
             try:
                 request = json.loads(stream.readline(MAX_LINE_BYTES))
                 key, rank, size = str(request["key"]), int(request["rank"]), int(request["size"])
-                message = str(request["message"])
+                message, patient = str(request["message"]), bool(request.get("patient"))
             except (ValueError, KeyError, TypeError):
                 return
-            answer = self._join(key, rank, size, message, connection)
+            answer = self._join(key, rank, size, message, connection, patient)
             if answer is None:
                 return
             with contextlib.suppress(OSError):
                 connection.sendall(json.dumps(answer).encode() + b"\n")
 
     def _join(
-        self, key: str, rank: int, size: int, message: str, connection: socket.socket
+        self,
+        key: str,
+        rank: int,
+        size: int,
+        message: str,
+        connection: socket.socket,
+        patient: bool,
     ) -> dict[str, Any] | None:
         """The answer for one task, or ``None`` when its connection closed while it waited.
 
@@ -107,7 +114,7 @@ class RendezvousServer:
         with self._lock:
             meeting = self._meetings.get(key)
             if meeting is None:
-                deadline = time.monotonic() + self.fallback_seconds
+                deadline = time.monotonic() + (math.inf if patient else self.fallback_seconds)
                 meeting = self._meetings[key] = _Meeting(size, deadline)
             if not meeting.fallback:
                 meeting.messages[rank] = (message, connection)
@@ -150,26 +157,44 @@ def _closed(connection: socket.socket) -> bool:
 
 
 def gather(
-    address: str, secret: str, key: str, rank: int, size: int, message: str
+    address: str,
+    secret: str,
+    key: str,
+    rank: int,
+    size: int,
+    message: str,
+    *,
+    patient: bool = False,
 ) -> list[str] | None:
     """Every rank's message for ``key`` (by rank), or ``None`` when the tasks use ``allGather``.
+
+    ``patient`` meetings never fall back: they wait as long as the last task needs (the end of a
+    parameter-server cluster's training), for tasks that all met on the driver before.
 
     Raises
     ------
     RendezvousError
         When the connection breaks after this task joined: the server may have counted it, so
         falling back alone could leave the others waiting; the task fails instead (and Spark
-        retries the stage).
+        retries the stage). Also when a patient meeting's driver cannot be reached.
     """
     host, port = address.rsplit(":", 1)
     try:
         connection = socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS)
-    except OSError:
+    except OSError as error:
+        if patient:
+            raise RendezvousError(f"Cannot reach the driver ({address}): {error}") from None
         return None  # never counted by the server
     with connection:
         try:
             connection.settimeout(None)
-            request = {"key": key, "rank": rank, "size": size, "message": message}
+            request = {
+                "key": key,
+                "rank": rank,
+                "size": size,
+                "message": message,
+                "patient": patient,
+            }
             connection.sendall(f"{secret}\n{json.dumps(request)}\n".encode())
             with connection.makefile("rb") as stream:
                 answer = json.loads(stream.readline(MAX_LINE_BYTES))

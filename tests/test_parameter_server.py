@@ -56,6 +56,8 @@ def test_learns_with_two_workers_and_one_parameter_server(fitted, data):
     features, labels, frame = data
     roles = [report["role"] for report in fitted.workerReports]
     assert roles == ["chief", "worker", "worker", "ps"]
+    # They met, and the servers were released at the end, on the driver.
+    assert {report["rendezvous"] for report in fitted.workerReports} == {"driver"}
     chief = fitted.workerReports[0]
     assert chief["train_rows"] + chief["validation_rows"] == 2000
     assert 100 <= chief["validation_rows"] <= 300  # about 10 % held out on the coordinator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import tempfile
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from conftest import array_frame, binary_model, separable
 
 from sparkeras import SparkKerasEstimator, launch
-from sparkeras.processes import ForkServer, ForkServerError, _private_directory
+from sparkeras.processes import ForkServer, ForkServerError
 from sparkeras.worker import fork_server
 from sparkeras.worker.task import ERROR_FILE
 
@@ -112,12 +113,24 @@ def test_a_task_trains_in_a_fresh_process_when_no_fork_server_answers(tmp_path):
     assert worker.how == "fresh (no fork server answered within 1 s)"
 
 
-def test_a_shared_socket_directory_is_refused(tmp_path):
+def test_a_shared_socket_directory_is_refused_and_the_task_says_why(tmp_path):
     directory = tmp_path / f"sparkeras-{os.getuid()}"
     directory.mkdir(mode=0o777)
     os.chmod(directory, 0o777)
     with pytest.raises(ForkServerError, match="not a directory private to this user"):
-        _private_directory(str(tmp_path))
+        ForkServer(root=str(tmp_path))
+    worker = launch._WorkerProcess(str(tmp_path), {}, None, "its directory is shared")
+    worker.close()
+    assert worker.how == "fresh (its directory is shared)"
+
+
+def test_a_socket_path_too_long_for_the_temporary_directory_uses_tmp(tmp_path, monkeypatch):
+    deep = tmp_path / ("container-directory-" * 5)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    assert ForkServer().socket_path.startswith(f"/tmp/sparkeras-{os.getuid()}/fork-")
+    with pytest.raises(ForkServerError, match="socket path too long"):
+        ForkServer(root=str(deep))
 
 
 def test_forked_and_fresh_processes_train_the_same_model(spark):

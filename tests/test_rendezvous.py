@@ -53,11 +53,29 @@ def test_tasks_fall_back_together_when_one_never_arrives():
         assert _gather_all(server, "0-0", [2], size=3) == {2: None}
 
 
+def test_a_patient_meeting_waits_past_the_fallback_deadline():
+    with RendezvousServer("localhost", fallback_seconds=0.1) as server:
+        early = threading.Thread(
+            target=lambda: answers.append(
+                gather(server.address, server.secret, "release", 0, 2, "a", patient=True)
+            )
+        )
+        answers: list = []
+        early.start()
+        time.sleep(0.5)  # five times the deadline of an ordinary meeting
+        late = gather(server.address, server.secret, "release", 1, 2, "b", patient=True)
+        early.join(10)
+        assert late == answers[0] == ["a", "b"]
+
+
 def test_a_driver_that_cannot_be_reached_means_all_gather():
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]  # nothing listens here once the probe closes
     assert gather(f"localhost:{port}", "secret", "0-0", 0, 2, "message") is None
+    # A patient meeting cannot fall back (the others wait on the driver): the task fails.
+    with pytest.raises(RendezvousError, match="Cannot reach the driver"):
+        gather(f"localhost:{port}", "secret", "release", 0, 2, "message", patient=True)
 
 
 def test_a_wrong_secret_gets_no_answer():

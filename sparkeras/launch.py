@@ -139,7 +139,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     plan_json = plan.to_json()
     features, label, roles, staging_dir = plan.features, plan.label, plan.roles, plan.staging_dir
     stall_timeout, checkpoint_dir = plan.stall_timeout, plan.checkpoint_dir
-    use_fork_server = plan.fork_server and ForkServer.supported()
+    use_fork_server = plan.fork_server
     #: Where the tasks meet on the driver (address, secret), set below; None: ``allGather``.
     meeting_point: tuple[str, str] | None = None
 
@@ -158,7 +158,8 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         try:
             # Started first: TensorFlow's imports overlap the shard writing and the rendezvous.
             device_env = tensorflow_environment(gpus, os.environ)
-            server, no_server = _fork_server() if use_fork_server else (None, "")
+            use_server = use_fork_server and ForkServer.supported()  # the executor's platform
+            server, no_server = _fork_server() if use_server else (None, "")
             with contextlib.closing(
                 _WorkerProcess(task_dir, device_env, server, no_server)
             ) as worker:
@@ -264,7 +265,7 @@ def _gather(
         address, secret = meeting_point
         try:
             messages = rendezvous.gather(
-                address, secret, str(round_number), context.partitionId(), size, message
+                address, secret, str(round_number), _member(context), size, message
             )
         except rendezvous.RendezvousError as error:
             raise _fail(str(error)) from None
@@ -279,9 +280,17 @@ def _release(context: Any, meeting_point: tuple[str, str] | None, met_via: str, 
     again, with no deadline; the others use Spark's ``barrier``."""
     if met_via == "driver" and meeting_point is not None:
         address, secret = meeting_point
-        rendezvous.gather(address, secret, "release", context.partitionId(), size, "", patient=True)
+        try:
+            rendezvous.gather(address, secret, "release", _member(context), size, "", patient=True)
+        except rendezvous.RendezvousError as error:
+            raise _fail(str(error)) from None
     else:
         context.barrier()
+
+
+def _member(context: Any) -> tuple[int, int]:
+    """This task at a rendezvous: its rank and its (application-wide) task attempt id."""
+    return context.partitionId(), context.taskAttemptId()
 
 
 @contextlib.contextmanager
@@ -451,10 +460,14 @@ class _WorkerProcess:
         #: How the process was started ("forked", "fresh"), and why not forked when it was not.
         self.how = f"fresh ({no_fork_server})" if no_fork_server else ""
         self.process: TaskProcess | None = None
-        if fork_server is None:
+        if fork_server is not None:
+            try:
+                fork_server.start()
+            except OSError as error:
+                self.fork_server = None
+                self.how = f"fresh (the fork server did not start: {error})"
+        if self.fork_server is None:
             self.process = self._start()
-        else:
-            fork_server.start()
 
     def _start(self) -> TaskProcess:
         if self.fork_server is not None:
@@ -462,7 +475,7 @@ class _WorkerProcess:
                 process: TaskProcess = self.fork_server.fork(self.task_dir, self.log_path, self.env)
                 self.how = process.how
                 return process
-            except ForkServerError as error:  # still trains, paying TensorFlow's import
+            except (ForkServerError, OSError) as error:  # still trains, paying the import
                 self.fork_server = None
                 self.how = f"fresh ({error})"
                 return FreshProcess(self.task_dir, self.log_path, self.env)
@@ -529,6 +542,7 @@ class _WorkerProcess:
             if restarts == MAX_SERVER_RESTARTS:
                 raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
             restarts += 1
+            process.kill()  # closes a forked process's connection
             self.process = None
             process = self._go()
         if "error" in outcome:

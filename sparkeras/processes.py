@@ -53,6 +53,8 @@ class TaskProcess(Protocol):
     """A task's TensorFlow process, however it was started."""
 
     pid: int
+    #: How it was started: "forked" or "fresh".
+    how: str
 
     def go(self) -> None:
         """Tell the process that the rendezvous is done (plan and assignment are written)."""
@@ -61,7 +63,7 @@ class TaskProcess(Protocol):
         """Wait up to ``timeout`` seconds; the exit code, or ``None`` if it still runs."""
 
     def kill(self) -> None:
-        """SIGKILL the process (and anything it started) if it still runs."""
+        """SIGKILL the process and its process group if it still runs."""
 
 
 def process_environment(device_env: Mapping[str, str]) -> dict[str, str]:
@@ -135,29 +137,45 @@ class ForkedProcess:
         self.pid = pid
         self._received = b""
         self._exit_code: int | None = None
+        self._killed = False
 
     def go(self) -> None:
         self.connection.sendall(GO + b"\n")
 
     def wait(self, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout
-        while self._exit_code is None:
-            remaining = deadline - time.monotonic()
-            if remaining < 0 or not select.select([self.connection], [], [], remaining)[0]:
+        poller = select.poll()  # unlike select(), any descriptor number
+        poller.register(self.connection, select.POLLIN)
+        while self._exit_code is None and not self._killed:
+            remaining = max(0.0, deadline - time.monotonic())
+            if not poller.poll(remaining * 1000):
                 return None
-            data = self.connection.recv(4096)
+            try:
+                data = self.connection.recv(4096)
+            except OSError:
+                data = b""
             self._received += data
-            for line in self._received.splitlines():
-                if line.startswith(EXIT + b" "):
-                    self._exit_code = int(line.split()[1])
+            *complete_lines, _ = self._received.split(b"\n")
+            for line in complete_lines:
+                words = line.split()
+                if len(words) == 2 and words[0] == EXIT and words[1].lstrip(b"-").isdigit():
+                    self._exit_code = int(words[1])
             if not data and self._exit_code is None:
                 self._exit_code = NO_EXIT_CODE
         return self._exit_code
 
     def kill(self) -> None:
+        """SIGKILL the child's process group once, unless it has announced its exit.
+
+        The child is the fork server's, not ours: once it has ended, its process id may be
+        reused, so it is never signalled after that, nor twice.
+        """
+        if self._killed:
+            return
         if self.wait(0) is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
+        self._killed = True
         self.connection.close()
 
 
@@ -274,13 +292,15 @@ class ForkServer:
             connection.settimeout(fork_server.REQUEST_SECONDS)
             reply = connection.makefile("rb", buffering=0).readline().split()
             connection.settimeout(None)
+            if len(reply) != 2 or reply[0] != b"pid":
+                raise ValueError(f"unexpected reply {reply!r}")
             return ForkedProcess(connection, int(reply[1]))
         except (OSError, ValueError, IndexError) as error:
             connection.close()
             raise ForkServerError(f"the fork server did not fork: {error!r}") from None
 
     def is_running(self) -> bool:
-        """Whether a server holds the lock of this socket path (it does from its first line)."""
+        """Whether a server holds the lock of this socket path (from its start to its end)."""
         with open(fork_server.lock_path(self.socket_path), "a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -57,6 +57,8 @@ class ProgressServer:
         """Stop accepting connections."""
         self._closed.set()
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept
+        with contextlib.suppress(OSError):
             self._listener.close()
 
     def _accept(self) -> None:

@@ -11,18 +11,18 @@ uses ``allGather``; the server then tells the tasks that did reach it to do the 
 :data:`FALLBACK_SECONDS` have passed since the first of them arrived without all the others.
 Only a task that could not even connect decides on its own, and the server never counts it.
 
-Messages: the task sends ``SECRET\\n`` then ``{"key", "rank", "size", "message", "patient"}\\n``;
-the server answers ``{"messages": [...]}`` (by rank) or ``{"fallback": true}``.
+Messages: the task sends ``SECRET\\n`` then ``{"key", "rank", "task_attempt", "size", "message",
+"patient"}\\n``; the server answers ``{"messages": [...]}`` (by rank) or ``{"fallback": true}``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import json
 import math
 import secrets
-import select
 import socket
 import threading
 import time
@@ -39,7 +39,7 @@ MAX_LINE_BYTES = 1 << 20
 
 
 class RendezvousError(RuntimeError):
-    """The connection to the driver broke after the task had joined the rendezvous."""
+    """The rendezvous on the driver failed where falling back alone could strand the others."""
 
 
 class RendezvousServer:
@@ -48,8 +48,7 @@ class RendezvousServer:
     Examples
     --------
     >>> with RendezvousServer("localhost") as server:  # doctest: +SKIP
-    ...     plan = dataclasses.replace(plan, rendezvous_address=server.address,
-    ...                                rendezvous_secret=server.secret)
+    ...     meeting_point = (server.address, server.secret)  # shipped in the task closure
     """
 
     def __init__(self, host: str, fallback_seconds: float = FALLBACK_SECONDS) -> None:
@@ -68,7 +67,9 @@ class RendezvousServer:
         self.close()
 
     def close(self) -> None:
-        """Stop accepting connections."""
+        """Stop accepting connections (``shutdown`` wakes the thread blocked in ``accept``)."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._listener.close()
 
@@ -82,85 +83,125 @@ class RendezvousServer:
 
     def _serve(self, connection: socket.socket) -> None:
         with connection, connection.makefile("rb") as stream:
-            secret = stream.readline(MAX_LINE_BYTES).strip().decode(errors="replace")
-            if not hmac.compare_digest(secret, self.secret):
-                return
             try:
+                connection.settimeout(CONNECT_SECONDS)  # a silent client holds no thread for long
+                secret = stream.readline(len(self.secret) + 2).strip()
+                if not hmac.compare_digest(secret, self.secret.encode()):
+                    return
                 request = json.loads(stream.readline(MAX_LINE_BYTES))
-                key, rank, size = str(request["key"]), int(request["rank"]), int(request["size"])
-                message, patient = str(request["message"]), bool(request.get("patient"))
-            except (ValueError, KeyError, TypeError):
+                connection.settimeout(None)
+                member = _Member(
+                    rank=int(request["rank"]),
+                    task_attempt=int(request["task_attempt"]),
+                    message=str(request["message"]),
+                    connection=connection,
+                )
+                key, size, patient = str(request["key"]), int(request["size"]), request["patient"]
+            except (OSError, ValueError, KeyError, TypeError):
                 return
-            answer = self._join(key, rank, size, message, connection, patient)
-            if answer is None:
-                return
-            with contextlib.suppress(OSError):
-                connection.sendall(json.dumps(answer).encode() + b"\n")
+            _keep_alive(connection)
+            answer = self._join(key, size, bool(patient), member)
+            if answer is not None:
+                with contextlib.suppress(OSError):
+                    connection.sendall(json.dumps(answer).encode() + b"\n")
 
-    def _join(
-        self,
-        key: str,
-        rank: int,
-        size: int,
-        message: str,
-        connection: socket.socket,
-        patient: bool,
-    ) -> dict[str, Any] | None:
+    def _join(self, key: str, size: int, patient: bool, member: _Member) -> dict[str, Any] | None:
         """The answer for one task, or ``None`` when its connection closed while it waited.
 
-        A meeting is used once: when it completes it is forgotten, so the tasks of a retried
-        stage meet afresh. A task that dies while it waits (its stage failed) leaves it.
+        A meeting is forgotten when it completes and when its last member leaves. Members of an
+        earlier attempt of the stage are dropped when a task of a later attempt arrives: a
+        barrier stage's tasks get consecutive task attempt ids, all above the earlier attempt's.
         """
         with self._lock:
             meeting = self._meetings.get(key)
+            if meeting is not None:
+                meeting.drop_stale(member.task_attempt - size)
+                if not meeting.members:
+                    meeting = None  # only a failed attempt had come: start afresh
             if meeting is None:
                 deadline = time.monotonic() + (math.inf if patient else self.fallback_seconds)
                 meeting = self._meetings[key] = _Meeting(size, deadline)
-            if not meeting.fallback:
-                meeting.messages[rank] = (message, connection)
-                if len(meeting.messages) == meeting.size:
-                    del self._meetings[key]
-                    self._lock.notify_all()
-            while not meeting.fallback and len(meeting.messages) < meeting.size:
-                if time.monotonic() >= meeting.deadline:
+            meeting.members[member.rank] = member
+            self._lock.notify_all()
+            while True:
+                if meeting.complete:
+                    return {"messages": [meeting.members[rank].message for rank in range(size)]}
+                if len(meeting.members) == meeting.size and not meeting.fallback:
+                    meeting.drop_closed()
+                    if len(meeting.members) == meeting.size:
+                        meeting.complete = True
+                        self._meetings.pop(key, None)
+                        self._lock.notify_all()
+                        continue
+                if meeting.fallback or time.monotonic() >= meeting.deadline:
                     meeting.fallback = True
                     self._lock.notify_all()
-                    break
+                    self._leave(key, meeting, member)
+                    return {"fallback": True}
                 self._lock.wait(WAIT_SLICE_SECONDS)
-                if meeting.messages.get(rank, (None, None))[1] is connection and _closed(
-                    connection
-                ):
-                    del meeting.messages[rank]
+                if meeting.members.get(member.rank) is not member:  # dropped as stale
                     return None
-            if meeting.fallback:
-                return {"fallback": True}
-            return {"messages": [meeting.messages[index][0] for index in range(meeting.size)]}
+                if _closed(member.connection):
+                    self._leave(key, meeting, member)
+                    return None
+
+    def _leave(self, key: str, meeting: _Meeting, member: _Member) -> None:
+        if meeting.members.get(member.rank) is member:
+            del meeting.members[member.rank]
+        if not meeting.members and self._meetings.get(key) is meeting:
+            del self._meetings[key]
+
+
+@dataclasses.dataclass
+class _Member:
+    rank: int
+    task_attempt: int
+    message: str
+    connection: socket.socket
 
 
 class _Meeting:
     def __init__(self, size: int, deadline: float) -> None:
         self.size = size
         self.deadline = deadline
-        #: rank -> (message, the connection of the task that sent it)
-        self.messages: dict[int, tuple[str, socket.socket]] = {}
+        self.members: dict[int, _Member] = {}
         self.fallback = False
+        self.complete = False
+
+    def drop_stale(self, below: int) -> None:
+        """Forget members whose task attempt id is ``below`` or lower (an earlier attempt)."""
+        for rank in [r for r, m in self.members.items() if m.task_attempt <= below]:
+            del self.members[rank]
+
+    def drop_closed(self) -> None:
+        """Forget members whose task has gone."""
+        for rank in [r for r, m in self.members.items() if _closed(m.connection)]:
+            del self.members[rank]
 
 
 def _closed(connection: socket.socket) -> bool:
     """Whether the peer closed ``connection`` (it sends nothing else while it waits)."""
-    if not select.select([connection], [], [], 0)[0]:
-        return False
     try:
-        return connection.recv(1, socket.MSG_PEEK) == b""
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
     except OSError:
         return True
+
+
+def _keep_alive(connection: socket.socket) -> None:
+    """Probe an idle connection, so that a vanished peer is noticed within about 2 minutes."""
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+        if hasattr(socket, option):
+            connection.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def gather(
     address: str,
     secret: str,
     key: str,
-    rank: int,
+    member: tuple[int, int],
     size: int,
     message: str,
     *,
@@ -168,8 +209,9 @@ def gather(
 ) -> list[str] | None:
     """Every rank's message for ``key`` (by rank), or ``None`` when the tasks use ``allGather``.
 
-    ``patient`` meetings never fall back: they wait as long as the last task needs (the end of a
-    parameter-server cluster's training), for tasks that all met on the driver before.
+    ``member`` is this task's ``(rank, task attempt id)``. ``patient`` meetings never fall
+    back: they wait as long as the last task needs (the end of a parameter-server cluster's
+    training), for tasks that all met on the driver before.
 
     Raises
     ------
@@ -188,9 +230,12 @@ def gather(
     with connection:
         try:
             connection.settimeout(None)
+            _keep_alive(connection)
+            rank, task_attempt = member
             request = {
                 "key": key,
                 "rank": rank,
+                "task_attempt": task_attempt,
                 "size": size,
                 "message": message,
                 "patient": patient,

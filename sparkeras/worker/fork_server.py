@@ -23,12 +23,15 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 #: Command-line flag of ``python -m sparkeras.worker`` that runs a fork server.
 FLAG = "--fork-server"
 #: Seconds between checks that the anchor process and the socket file are still there.
 CHECK_SECONDS = 1.0
+#: Tries to take the server lock, 20 ms apart.
+LOCK_ATTEMPTS = 25
 #: Seconds a new connection may take to send its request.
 REQUEST_SECONDS = 10.0
 #: Process name (``/proc/PID/comm``) of the server and of its children.
@@ -48,9 +51,7 @@ def serve(socket_path: str, anchor_pid: int) -> int:
     """
     # Held (and locked) until the process ends; children close their inherited copy.
     lock = open(lock_path(socket_path), "w")  # noqa: SIM115
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _lock(lock):
         return 0
     _set_process_name(SERVER_NAME)
     _preload()
@@ -74,14 +75,37 @@ def serve(socket_path: str, anchor_pid: int) -> int:
         except (OSError, ValueError):
             connection.close()
             continue
-        if os.fork() == 0:
-            listener.close()
-            lock.close()
-            from sparkeras.worker.task import exit_process
+        try:
+            child = os.fork()
+        except OSError:  # out of memory or processes: the task starts a fresh process
+            connection.close()
+            continue
+        if child == 0:
+            try:
+                listener.close()
+                lock.close()
+                from sparkeras.worker.task import exit_process
 
-            exit_process(_run_child(connection, request))
+                exit_process(_run_child(connection, request))
+            finally:
+                os._exit(1)  # never the server's loop or interpreter teardown in a child
         connection.close()
     return 0
+
+
+def _lock(lock: Any) -> bool:
+    """Take the server lock; ``False`` when another server holds it.
+
+    Tasks probe the lock by taking it for a moment (``ForkServer.is_running``), so a failed
+    attempt is retried for a short while before another server is assumed.
+    """
+    for _ in range(LOCK_ATTEMPTS):
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.02)
+    return False
 
 
 def _run_child(connection: socket.socket, request: dict[str, Any]) -> int:

@@ -13,15 +13,15 @@ Events: ``{"kind": "epoch_begin" | "step" | "epoch_end", "epoch", "epochs", "ste
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
-import secrets
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
+
+from sparkeras.driver_server import SecretServer
 
 Event = dict[str, Any]
 
@@ -29,7 +29,7 @@ Event = dict[str, Any]
 MAX_EVENT_BYTES = 1 << 20
 
 
-class ProgressServer:
+class ProgressServer(SecretServer):
     """Accepts the chief's connections and hands each event to ``on_event``.
 
     Examples
@@ -39,50 +39,22 @@ class ProgressServer:
     ...                                progress_secret=server.secret)
     """
 
+    thread_name = "sparkeras-progress"
+
     def __init__(self, host: str, on_event: Callable[[Event], None]) -> None:
-        self.secret = secrets.token_hex(16)
         self._on_event = on_event
-        self._listener = socket.create_server(("", 0))
-        self.address = f"{host}:{self._listener.getsockname()[1]}"
-        self._closed = threading.Event()
-        threading.Thread(target=self._accept, name="sparkeras-progress", daemon=True).start()
+        super().__init__(host)
 
-    def __enter__(self) -> ProgressServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop accepting connections."""
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
+    def _serve(self, connection: socket.socket, stream: BinaryIO) -> None:
+        for line in iter(lambda: stream.readline(MAX_EVENT_BYTES), b""):
+            if self._closed.is_set() or not line.endswith(b"\n"):
+                return
             try:
-                connection, _ = self._listener.accept()
-            except OSError:
+                event = json.loads(line)
+            except ValueError:
                 return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        with connection, connection.makefile("rb") as stream:
-            secret = stream.readline(MAX_EVENT_BYTES).strip().decode(errors="replace")
-            if not hmac.compare_digest(secret, self.secret):
-                return
-            for line in iter(lambda: stream.readline(MAX_EVENT_BYTES), b""):
-                if self._closed.is_set() or not line.endswith(b"\n"):
-                    return
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    return
-                if isinstance(event, dict):
-                    self._on_event(event)
+            if isinstance(event, dict):
+                self._on_event(event)
 
 
 class ProgressDisplay:

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import json
 import math
-import secrets
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, BinaryIO
+
+from sparkeras.driver_server import SecretServer
 
 #: Seconds the server waits, after a key's first task arrived, for the others to arrive.
 FALLBACK_SECONDS = 10.0
@@ -42,7 +42,7 @@ class RendezvousError(RuntimeError):
     """The rendezvous on the driver failed where falling back alone could strand the others."""
 
 
-class RendezvousServer:
+class RendezvousServer(SecretServer):
     """Gathers one message per rank for each key and sends every rank the whole list.
 
     Examples
@@ -51,59 +51,33 @@ class RendezvousServer:
     ...     meeting_point = (server.address, server.secret)  # shipped in the task closure
     """
 
+    thread_name = "sparkeras-rendezvous"
+
     def __init__(self, host: str, fallback_seconds: float = FALLBACK_SECONDS) -> None:
-        self.secret = secrets.token_hex(16)
         self.fallback_seconds = fallback_seconds
-        self._listener = socket.create_server(("", 0))
-        self.address = f"{host}:{self._listener.getsockname()[1]}"
         self._lock = threading.Condition()
         self._meetings: dict[str, _Meeting] = {}
-        threading.Thread(target=self._accept, name="sparkeras-rendezvous", daemon=True).start()
+        super().__init__(host)
 
-    def __enter__(self) -> RendezvousServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop accepting connections (``shutdown`` wakes the thread blocked in ``accept``)."""
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        with connection, connection.makefile("rb") as stream:
-            try:
-                connection.settimeout(CONNECT_SECONDS)  # a silent client holds no thread for long
-                secret = stream.readline(len(self.secret) + 2).strip()
-                if not hmac.compare_digest(secret, self.secret.encode()):
-                    return
-                request = json.loads(stream.readline(MAX_LINE_BYTES))
-                connection.settimeout(None)
-                member = _Member(
-                    rank=int(request["rank"]),
-                    task_attempt=int(request["task_attempt"]),
-                    message=str(request["message"]),
-                    connection=connection,
-                )
-                key, size, patient = str(request["key"]), int(request["size"]), request["patient"]
-            except (OSError, ValueError, KeyError, TypeError):
-                return
-            _keep_alive(connection)
-            answer = self._join(key, size, bool(patient), member)
-            if answer is not None:
-                with contextlib.suppress(OSError):
-                    connection.sendall(json.dumps(answer).encode() + b"\n")
+    def _serve(self, connection: socket.socket, stream: BinaryIO) -> None:
+        try:
+            connection.settimeout(CONNECT_SECONDS)  # the request follows the secret at once
+            request = json.loads(stream.readline(MAX_LINE_BYTES))
+            connection.settimeout(None)
+            member = _Member(
+                rank=int(request["rank"]),
+                task_attempt=int(request["task_attempt"]),
+                message=str(request["message"]),
+                connection=connection,
+            )
+            key, size, patient = str(request["key"]), int(request["size"]), request["patient"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        _keep_alive(connection)
+        answer = self._join(key, size, bool(patient), member)
+        if answer is not None:
+            with contextlib.suppress(OSError):
+                connection.sendall(json.dumps(answer).encode() + b"\n")
 
     def _join(self, key: str, size: int, patient: bool, member: _Member) -> dict[str, Any] | None:
         """The answer for one task, or ``None`` when its connection closed while it waited.

@@ -1,0 +1,82 @@
+"""A small TCP server on the driver that a fit's Spark tasks connect to with the fit's secret.
+
+Live progress (``progress.ProgressServer``) and the tasks' rendezvous
+(``rendezvous.RendezvousServer``) both run one for the length of a fit. The secret travels only
+inside the Spark task closure; every connection must send it as its first line, within
+:data:`SECRET_SECONDS`, or it is closed unread. Each authenticated connection is served on a
+thread of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import secrets
+import socket
+import threading
+from typing import BinaryIO
+
+#: Seconds a new connection has to send the secret (a silent one holds no thread for long).
+SECRET_SECONDS = 5.0
+
+
+class SecretServer:
+    """Accepts connections that start with the secret and hands each to :meth:`_serve`.
+
+    Subclasses set their own state before calling ``super().__init__``, which starts accepting.
+
+    Examples
+    --------
+    >>> class Echo(SecretServer):  # doctest: +SKIP
+    ...     def _serve(self, connection, stream):
+    ...         connection.sendall(stream.readline())
+    >>> with Echo("localhost") as server:  # doctest: +SKIP
+    ...     address, secret = server.address, server.secret
+    """
+
+    #: Name of the accepting thread.
+    thread_name = "sparkeras-driver-server"
+
+    def __init__(self, host: str) -> None:
+        self.secret = secrets.token_hex(16)
+        self._listener = socket.create_server(("", 0))
+        self.address = f"{host}:{self._listener.getsockname()[1]}"
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, name=self.thread_name, daemon=True).start()
+
+    def __enter__(self) -> SecretServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop accepting connections (``shutdown`` wakes the thread blocked in ``accept``)."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._authenticate, args=(connection,), daemon=True).start()
+
+    def _authenticate(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as stream:
+            try:
+                connection.settimeout(SECRET_SECONDS)
+                secret = stream.readline(len(self.secret) + 2).strip()
+                connection.settimeout(None)
+            except OSError:
+                return
+            if hmac.compare_digest(secret, self.secret.encode()):
+                self._serve(connection, stream)
+
+    def _serve(self, connection: socket.socket, stream: BinaryIO) -> None:
+        """Serve one authenticated connection; ``stream`` reads what follows the secret."""
+        raise NotImplementedError

@@ -262,13 +262,7 @@ def _gather(
     """Every task's ``message`` by rank, and how the tasks met: on the driver when they all can
     (milliseconds), else with ``allGather`` (a second; see ``sparkeras.rendezvous``)."""
     if meeting_point is not None:
-        address, secret = meeting_point
-        try:
-            messages = rendezvous.gather(
-                address, secret, str(round_number), _member(context), size, message
-            )
-        except rendezvous.RendezvousError as error:
-            raise _fail(str(error)) from None
+        messages = _meet_on_driver(context, meeting_point, str(round_number), size, message)
         if messages is not None:
             return messages, "driver"
     return context.allGather(message), "allGather"
@@ -279,18 +273,27 @@ def _release(context: Any, meeting_point: tuple[str, str] | None, met_via: str, 
     (the coordinator arrives when training is done). Tasks that met on the driver meet there
     again, with no deadline; the others use Spark's ``barrier``."""
     if met_via == "driver" and meeting_point is not None:
-        address, secret = meeting_point
-        try:
-            rendezvous.gather(address, secret, "release", _member(context), size, "", patient=True)
-        except rendezvous.RendezvousError as error:
-            raise _fail(str(error)) from None
+        _meet_on_driver(context, meeting_point, "release", size, "", patient=True)
     else:
         context.barrier()
 
 
-def _member(context: Any) -> tuple[int, int]:
-    """This task at a rendezvous: its rank and its (application-wide) task attempt id."""
-    return context.partitionId(), context.taskAttemptId()
+def _meet_on_driver(
+    context: Any,
+    meeting_point: tuple[str, str],
+    key: str,
+    size: int,
+    message: str,
+    patient: bool = False,
+) -> list[str] | None:
+    """``rendezvous.gather`` for this task (its rank and application-wide task attempt id);
+    a broken meeting fails the task with the worker-failure markers the driver reads."""
+    address, secret = meeting_point
+    member = (context.partitionId(), context.taskAttemptId())
+    try:
+        return rendezvous.gather(address, secret, key, member, size, message, patient=patient)
+    except rendezvous.RendezvousError as error:
+        raise _fail(str(error)) from None
 
 
 @contextlib.contextmanager
@@ -472,13 +475,13 @@ class _WorkerProcess:
     def _start(self) -> TaskProcess:
         if self.fork_server is not None:
             try:
-                process: TaskProcess = self.fork_server.fork(self.task_dir, self.log_path, self.env)
-                self.how = process.how
-                return process
+                forked = self.fork_server.fork(self.task_dir, self.log_path, self.env)
             except (ForkServerError, OSError) as error:  # still trains, paying the import
                 self.fork_server = None
                 self.how = f"fresh ({error})"
-                return FreshProcess(self.task_dir, self.log_path, self.env)
+            else:
+                self.how = forked.how
+                return forked
         process = FreshProcess(self.task_dir, self.log_path, self.env)
         self.how = self.how or process.how
         return process

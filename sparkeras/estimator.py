@@ -23,7 +23,7 @@ from sparkeras import launch, partitioning, progress, serialization, validation
 from sparkeras.model import SparkKerasModel
 from sparkeras.params import SparkKerasTrainingParams
 from sparkeras.persistence import SparkKerasReader, SparkKerasWriter
-from sparkeras.plan import TrainingPlan, per_replica_batch_size, task_roles
+from sparkeras.plan import TrainingPlan, per_replica_batch_size, steps_per_execution, task_roles
 
 
 def check_param_map(instance: Params, extra: Any) -> None:
@@ -123,6 +123,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stallTimeout: float = 600.0,
         intraOpThreads: int = 0,
         forkServer: bool = True,
+        stepsPerExecution: int = 0,
         weightCol: str | None = None,
         logDir: str | None = None,
         epochs: int = 1,
@@ -159,6 +160,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         stallTimeout: float = 600.0,
         intraOpThreads: int = 0,
         forkServer: bool = True,
+        stepsPerExecution: int = 0,
         weightCol: str | None = None,
         logDir: str | None = None,
         epochs: int = 1,
@@ -244,6 +246,10 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
     def setForkServer(self, value: bool) -> SparkKerasEstimator:
         """Set whether task processes are forked from a per-executor fork server."""
         return self._set(forkServer=value)
+
+    def setStepsPerExecution(self, value: int) -> SparkKerasEstimator:
+        """Set the training steps per call into TensorFlow (0: automatic, 1: one per call)."""
+        return self._set(stepsPerExecution=value)
 
     def setEpochs(self, value: int) -> SparkKerasEstimator:
         """Set the number of epochs."""
@@ -408,6 +414,9 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             stall_timeout=self.getStallTimeout(),
             intra_op_threads=self.getIntraOpThreads(),
             fork_server=self.getForkServer(),
+            steps_per_execution=steps_per_execution(
+                self.getStepsPerExecution(), getattr(self.getModel(), "steps_per_execution", 1)
+            ),
             log_dir=self.getLogDir() or "",
         )
         # Balanced, mixed shards whatever the input partitioning (skewed, too few partitions,

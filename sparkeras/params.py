@@ -19,6 +19,8 @@ from pyspark.ml.param.shared import (
     HasWeightCol,
 )
 
+from sparkeras.plan import DEFAULT_STEPS_PER_EXECUTION
+
 STRATEGIES = ("mirrored", "parameter_server")
 OUTPUT_MODES = ("auto", "classification", "regression")
 HANDLE_INVALID_OPTIONS = ("error", "skip")
@@ -262,6 +264,16 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "importing it; the server ends with its executor",
         typeConverter=TypeConverters.toBoolean,
     )
+    stepsPerExecution: Param[int] = Param(
+        Params._dummy(),
+        "stepsPerExecution",
+        "training steps run per call into TensorFlow, in one graph (Keras' steps_per_execution, "
+        "mirrored strategy): it removes Python's per-step overhead, which dominates small models "
+        "in multi-worker training; batch-level callbacks then run once per call. 0 (default) "
+        "uses the compiled model's steps_per_execution when it is above 1, else "
+        f"{DEFAULT_STEPS_PER_EXECUTION}; 1 calls TensorFlow once per step",
+        typeConverter=_to_positive_int("stepsPerExecution", minimum=0),
+    )
     epochs: Param[int] = Param(
         Params._dummy(),
         "epochs",
@@ -330,6 +342,7 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
             stallTimeout=600.0,
             intraOpThreads=0,
             forkServer=True,
+            stepsPerExecution=0,
         )
 
     def getNumWorkers(self) -> int:
@@ -363,6 +376,10 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     def getIntraOpThreads(self) -> int:
         """Return the intra-op threads per training process (0: the task's CPUs)."""
         return self.getOrDefault(self.intraOpThreads)
+
+    def getStepsPerExecution(self) -> int:
+        """Return the training steps per call into TensorFlow (0: automatic)."""
+        return self.getOrDefault(self.stepsPerExecution)
 
     def getForkServer(self) -> bool:
         """Return whether task processes are forked from a per-executor fork server."""

@@ -11,6 +11,9 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+#: Training steps per call into TensorFlow when neither the param nor the compiled model set it.
+DEFAULT_STEPS_PER_EXECUTION = 32
+
 #: The file in a task's directory that its training process touches as it makes progress.
 HEARTBEAT_FILE = "heartbeat"
 #: The file in a fit's checkpoint directory that holds an error a retry would only repeat.
@@ -85,6 +88,8 @@ class TrainingPlan:
     intra_op_threads: int = 0
     #: Fork each task's TensorFlow process from the executor's fork server (``processes``).
     fork_server: bool = True
+    #: Most training steps per call into TensorFlow (mirrored; see ``resolve_steps_per_execution``).
+    steps_per_execution: int = 1
 
     @property
     def roles(self) -> list[Role]:
@@ -211,6 +216,22 @@ def steps_per_epoch(shard_rows: list[int], rows_per_step: int, override: int | N
     if override is not None:
         return override
     return max(1, -(-max(shard_rows) // rows_per_step))
+
+
+def steps_per_execution(requested: int, compiled: Any) -> int:
+    """Most training steps per call into TensorFlow (``stepsPerExecution``).
+
+    ``requested`` is the param (0: automatic); ``compiled`` the model's own
+    ``steps_per_execution``, honoured when the user compiled with more than 1.
+
+    Examples
+    --------
+    >>> steps_per_execution(0, 1), steps_per_execution(0, 8), steps_per_execution(1, 8)
+    (32, 8, 1)
+    """
+    if requested:
+        return requested
+    return compiled if isinstance(compiled, int) and compiled > 1 else DEFAULT_STEPS_PER_EXECUTION
 
 
 def asynchronous_steps_per_epoch(train_rows: int, batch_size: int, override: int | None) -> int:

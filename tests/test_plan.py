@@ -12,6 +12,7 @@ from sparkeras.plan import (
     asynchronous_steps_per_epoch,
     per_replica_batch_size,
     steps_per_epoch,
+    steps_per_execution,
     task_roles,
     validation_rows_per_worker,
 )
@@ -22,6 +23,13 @@ def test_steps_cover_the_largest_shard():
     assert steps_per_epoch([5, 595], rows_per_step=16, override=None) == 38
     assert steps_per_epoch([3], rows_per_step=64, override=None) == 1
     assert steps_per_epoch([100, 37], rows_per_step=32, override=9) == 9
+
+
+def test_steps_per_execution_honours_the_param_then_the_compiled_model():
+    assert steps_per_execution(0, 1) == 32  # neither set: sparkeras' default
+    assert steps_per_execution(0, 8) == 8  # compiled with steps_per_execution=8
+    assert steps_per_execution(1, 8) == 1  # the param wins
+    assert steps_per_execution(5, 1) == 5
 
 
 def test_batch_is_split_across_replicas():

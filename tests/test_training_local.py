@@ -271,6 +271,45 @@ def test_callbacks_and_early_stopping_end_all_workers_together(data):
     assert result.history["marker"] == [0.0, 10.0]
 
 
+class CountBatchCalls(keras.callbacks.Callback):
+    """Writes how often Keras called back per training batch into the epoch logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["batch_calls"] = float(self.calls)
+
+
+def test_steps_per_execution_trains_the_same_steps_in_fewer_calls(data):
+    _, _, frame = data
+
+    estimator = SparkKerasEstimator(
+        model=binary_model(WIDTH),
+        numWorkers=2,
+        epochs=2,
+        batchSize=64,
+        validationFraction=0.1,
+        callbacks=[CountBatchCalls()],
+    )
+    one = estimator.setStepsPerExecution(1).fit(frame)
+    four = estimator.setStepsPerExecution(4).fit(frame)
+    one_history, four_history = dict(one.history), dict(four.history)
+    # 900 training rows per worker in batches of 32: 29 steps, so the last call runs only one.
+    steps = four.workerReports[0]["steps_per_epoch"]
+    assert steps == 29
+    assert one_history.pop("batch_calls") == [29.0, 29.0]
+    assert four_history.pop("batch_calls") == [8.0, 8.0]
+    # Same steps on the same batches: the same training, validation included, bit for bit.
+    assert four_history == one_history
+    assert four.workerReports[0]["weights_sha256"] == one.workerReports[0]["weights_sha256"]
+    assert four.workerReports[1]["weights_sha256"] == one.workerReports[0]["weights_sha256"]
+    assert int(four.getKerasModel().optimizer.iterations) == 2 * steps
+
+
 def test_repeated_fits_in_one_session_are_reproducible(data):
     _, _, frame = data
     estimator = SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, epochs=2, batchSize=64)

@@ -76,6 +76,8 @@ def train(
     shard_rows = [rows - held_out for rows in assignment.shard_rows]
     steps = steps_per_epoch(shard_rows, batch * local_replicas, plan.steps_per_epoch)
 
+    keras_compat.use_in_graph_steps(model, steps, plan.steps_per_execution)
+
     shard = data.open_shard(assignment.shard_dir, plan.features, plan.label)
     train_rows, val_rows = data.split_validation(shard.rows, held_out, plan.seed + assignment.rank)
     seed = plan.seed * 7919 + assignment.rank
@@ -115,6 +117,8 @@ def train(
     )
     if initial_epoch >= plan.epochs:  # the previous attempt died after its last checkpoint
         finish(None)
+    # Endless, so that Keras does not count a known length down by steps_per_execution steps
+    # per call: an epoch's last call runs fewer steps, and Keras would end the last epoch early.
     train_data = strategy.distribute_datasets_from_function(
         lambda _: data.training_dataset(
             shard,
@@ -125,12 +129,14 @@ def train(
             steps=steps * local_replicas,
             epochs=plan.epochs - initial_epoch,
             seed=seed + initial_epoch,
-        )
+        ).repeat()
     )
     fit_kwargs: dict[str, Any] = {}
     if held_out:
         # Finite and the same length on every worker; no validation_steps, because Keras reuses an
-        # exhausted iterator when it is set with a tf.distribute dataset (also on one worker).
+        # exhausted iterator when it is set with a tf.distribute dataset (also on one worker). Its
+        # length is unknown to Keras (a generator), so Keras evaluates until the data ends, one
+        # step per call (keras_compat.use_in_graph_steps), not one call per steps_per_execution.
         fit_kwargs["validation_data"] = strategy.distribute_datasets_from_function(
             lambda _: data.validation_dataset(
                 shard, val_rows, plan.features, plan.label, batch_size=batch

@@ -41,7 +41,9 @@ class ProgressReporter(keras.callbacks.Callback):
         self.send("epoch_begin", step=0)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self.step(batch + 1, logs)
+        # With several steps per call Keras reports the call's last planned step, which can pass
+        # the epoch's end on its last call.
+        self.step(min(batch + 1, self.steps), logs)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.send("epoch_end", step=self.steps, logs=logs)

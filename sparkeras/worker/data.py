@@ -62,14 +62,18 @@ class Shard:
 
 
 def open_shard(directory: str, features: FeatureSpec, label: LabelSpec) -> Shard:
-    """Memory-map a shard directory (no copy until rows are gathered)."""
+    """Memory-map a shard directory (no copy until rows are gathered).
+
+    The maps are copy-on-write (``mode="c"``): nothing ever writes to them, but only a writable
+    array can lend its memory to a tensor (:func:`training_dataset`).
+    """
     with open(os.path.join(directory, "meta.json")) as file:
         rows = json.load(file)["rows"]
 
     def mapped(name: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         if 0 in shape:
             return np.zeros(shape, dtype=dtype)
-        return np.memmap(os.path.join(directory, name), dtype=dtype, mode="r", shape=shape)
+        return np.memmap(os.path.join(directory, name), dtype=dtype, mode="c", shape=shape)
 
     label_shape = (rows,) if label.kind == "scalar" else (rows, label.width)
     labels = mapped(f"labels.{label.dtype}", label.dtype, label_shape)
@@ -126,13 +130,14 @@ def training_dataset(
     """Exactly ``epochs x steps`` batches of ``batch_size`` rows.
 
     Dense batches are gathered without Python's ``from_generator``: tearing such an iterator
-    down stalled the end of ``fit`` by seconds. A shard up to ``TENSOR_SHARD_BYTES`` is copied
-    into tensors and gathered by TensorFlow ops, the fastest path (no Python per batch). A larger
-    one is never copied: each batch is gathered from the memory-mapped files by a
-    ``numpy_function`` call, run in parallel by ``tf.data``. The tensor copy took 3x the shard's
-    size at peak (a 50,000 x 10,000 fit: 1.0x the memory-mapped way), and a tensor over 2 GB
-    cannot be captured by a dataset at all; the ``numpy_function`` way made a small MLP's epochs
-    about 15 % slower, so small shards keep the tensors.
+    down stalled the end of ``fit`` by seconds. A shard up to ``TENSOR_SHARD_BYTES`` is wrapped
+    in tensors without a copy (DLPack over the memory maps; a fresh copy of a 200 MB shard took
+    0.5 s, mostly page faults) and gathered by TensorFlow ops, the fastest path (no Python per
+    batch). A larger one is gathered batch by batch from the memory-mapped files by a
+    ``numpy_function`` call, run in parallel by ``tf.data``: a tensor over 2 GB cannot be
+    captured by a dataset at all, and the earlier tensor copy peaked at 3x the shard's size.
+    The ``numpy_function`` way makes a small MLP's epochs about 15 % slower, so small shards
+    keep the tensors.
     """
     rng = np.random.default_rng(seed)
     orders = np.concatenate(
@@ -152,7 +157,7 @@ def training_dataset(
         columns.append(shard.weights)
     indices = tf.data.Dataset.from_tensor_slices(orders.astype(np.int32))
     if shard.features.nbytes <= TENSOR_SHARD_BYTES:
-        tensors = [tf.constant(np.asarray(column)) for column in columns]
+        tensors = [tf.experimental.dlpack.from_dlpack(column.__dlpack__()) for column in columns]
 
         def batch(index: tf.Tensor) -> tuple:
             return tuple(tf.gather(tensor, index) for tensor in tensors)

@@ -26,15 +26,6 @@ from sparkeras.persistence import SparkKerasReader, SparkKerasWriter
 from sparkeras.plan import TrainingPlan, per_replica_batch_size, steps_per_execution, task_roles
 
 
-def _has_embedding(layer: Any) -> bool:
-    """Whether a model holds an ``Embedding`` layer (its gradients are sparse), at any depth."""
-    import keras
-
-    if isinstance(layer, keras.layers.Embedding):
-        return True
-    return any(_has_embedding(inner) for inner in getattr(layer, "layers", []))
-
-
 def check_param_map(instance: Params, extra: Any) -> None:
     """Reject ParamMap keys that are not Params of ``instance`` (Spark would ignore them)."""
     for key in extra or {}:
@@ -426,7 +417,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             steps_per_execution=steps_per_execution(
                 self.getStepsPerExecution(),
                 getattr(self.getModel(), "steps_per_execution", 1),
-                sparse_gradients=features.storage == "sparse" or _has_embedding(self.getModel()),
+                sparse_inputs=features.storage == "sparse",
             ),
             log_dir=self.getLogDir() or "",
         )

@@ -271,8 +271,8 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "mirrored strategy): it removes Python's per-step overhead, which dominates small models "
         "in multi-worker training; batch-level callbacks then run once per call. 0 (default) "
         "uses the compiled model's steps_per_execution when it is above 1, else "
-        f"{DEFAULT_STEPS_PER_EXECUTION}; 1 calls TensorFlow once per step, as do models with "
-        "sparse gradients (sparse inputs, Embedding layers)",
+        f"{DEFAULT_STEPS_PER_EXECUTION}; 1 calls TensorFlow once per step, as do models fed "
+        "sparse inputs",
         typeConverter=_to_positive_int("stepsPerExecution", minimum=0),
     )
     epochs: Param[int] = Param(

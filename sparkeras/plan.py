@@ -218,23 +218,23 @@ def steps_per_epoch(shard_rows: list[int], rows_per_step: int, override: int | N
     return max(1, -(-max(shard_rows) // rows_per_step))
 
 
-def steps_per_execution(requested: int, compiled: Any, sparse_gradients: bool = False) -> int:
+def steps_per_execution(requested: int, compiled: Any, sparse_inputs: bool = False) -> int:
     """Most training steps per call into TensorFlow (``stepsPerExecution``).
 
     ``requested`` is the param (0: automatic); ``compiled`` the model's own
-    ``steps_per_execution``, honoured when the user compiled with more than 1. A model with
-    sparse gradients (sparse inputs, ``Embedding``) runs one step per call: the all-gather of
-    sparse gradients fails inside a multi-step loop across workers ("Shape mismatch in the
-    collective instance").
+    ``steps_per_execution``, honoured when the user compiled with more than 1. A model fed
+    sparse inputs runs one step per call: its sparse gradients differ in size between workers,
+    and their padded all-gather fails inside a multi-step loop ("Shape mismatch in the
+    collective instance"; ``Embedding`` gradients, the same size everywhere, are fine).
 
     Examples
     --------
     >>> steps_per_execution(0, 1), steps_per_execution(0, 8), steps_per_execution(1, 8)
     (32, 8, 1)
-    >>> steps_per_execution(16, 1, sparse_gradients=True)
+    >>> steps_per_execution(16, 1, sparse_inputs=True)
     1
     """
-    if sparse_gradients:
+    if sparse_inputs:
         return 1
     if requested:
         return requested

@@ -30,7 +30,7 @@ def test_steps_per_execution_honours_the_param_then_the_compiled_model():
     assert steps_per_execution(0, 8) == 8  # compiled with steps_per_execution=8
     assert steps_per_execution(1, 8) == 1  # the param wins
     assert steps_per_execution(5, 1) == 5
-    assert steps_per_execution(5, 8, sparse_gradients=True) == 1  # sparse inputs, Embedding
+    assert steps_per_execution(5, 8, sparse_inputs=True) == 1
 
 
 def test_batch_is_split_across_replicas():

@@ -310,6 +310,30 @@ def test_steps_per_execution_trains_the_same_steps_in_fewer_calls(data):
     assert int(four.getKerasModel().optimizer.iterations) == 2 * steps
 
 
+def test_embedding_models_also_train_the_same_in_fewer_calls(spark):
+    # Embedding gradients are sparse (IndexedSlices) and all-gathered across workers.
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 50, size=(1200, 3)).astype(np.float64)
+    labels = (codes[:, 0] % 3 == 0).astype(np.float64)
+    frame = array_frame(spark, codes, labels)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Embedding(50, 4),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    estimator = SparkKerasEstimator(model=model, numWorkers=2, epochs=2, batchSize=64)
+    one = estimator.setStepsPerExecution(1).fit(frame)
+    three = estimator.setStepsPerExecution(3).fit(frame)
+    # About 600 rows per worker (a seeded split) in batches of 32: the last call runs 2 steps.
+    assert three.workerReports[0]["steps_per_epoch"] == 20
+    assert three.history == one.history
+    assert three.workerReports[1]["weights_sha256"] == one.workerReports[0]["weights_sha256"]
+
+
 def test_repeated_fits_in_one_session_are_reproducible(data):
     _, _, frame = data
     estimator = SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, epochs=2, batchSize=64)

@@ -417,6 +417,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             steps_per_execution=steps_per_execution(
                 self.getStepsPerExecution(),
                 getattr(self.getModel(), "steps_per_execution", 1),
+                strategy,
                 sparse_inputs=features.storage == "sparse",
             ),
             log_dir=self.getLogDir() or "",

@@ -267,12 +267,14 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
     stepsPerExecution: Param[int] = Param(
         Params._dummy(),
         "stepsPerExecution",
-        "training steps run per call into TensorFlow, in one graph (Keras' steps_per_execution, "
-        "mirrored strategy): it removes Python's per-step overhead, which dominates small models "
-        "in multi-worker training; batch-level callbacks then run once per call. 0 (default) "
+        "training steps run per call into TensorFlow, in one graph (Keras' steps_per_execution; "
+        "with parameter servers, per scheduled function): it removes the per-step Python and "
+        "scheduling overhead, which dominates small models in multi-worker training; batch-level "
+        "callbacks then run once per call (mirrored). 0 (default) "
         "uses the compiled model's steps_per_execution when it is above 1, else "
-        f"{DEFAULT_STEPS_PER_EXECUTION}; 1 calls TensorFlow once per step, as do models fed "
-        "sparse inputs",
+        f"{DEFAULT_STEPS_PER_EXECUTION} (mirrored) or 1 (parameter_server: longer scheduled "
+        "functions overlap more, and Keras 3 loses overlapping updates); 1 calls TensorFlow "
+        "once per step, as do mirrored models fed sparse inputs",
         typeConverter=_to_positive_int("stepsPerExecution", minimum=0),
     )
     epochs: Param[int] = Param(

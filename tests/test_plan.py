@@ -26,11 +26,15 @@ def test_steps_cover_the_largest_shard():
 
 
 def test_steps_per_execution_honours_the_param_then_the_compiled_model():
-    assert steps_per_execution(0, 1) == 32  # neither set: sparkeras' default
-    assert steps_per_execution(0, 8) == 8  # compiled with steps_per_execution=8
-    assert steps_per_execution(1, 8) == 1  # the param wins
-    assert steps_per_execution(5, 1) == 5
-    assert steps_per_execution(5, 8, sparse_inputs=True) == 1
+    assert steps_per_execution(0, 1, "mirrored") == 32  # neither set: sparkeras' default
+    assert steps_per_execution(0, 8, "mirrored") == 8  # compiled with steps_per_execution=8
+    assert steps_per_execution(1, 8, "mirrored") == 1  # the param wins
+    assert steps_per_execution(5, 1, "mirrored") == 5
+    assert steps_per_execution(5, 8, "mirrored", sparse_inputs=True) == 1
+    # Parameter servers: one step per scheduled function unless asked; sparse inputs are fine.
+    assert steps_per_execution(0, 1, "parameter_server") == 1
+    assert steps_per_execution(0, 8, "parameter_server") == 8
+    assert steps_per_execution(16, 1, "parameter_server", sparse_inputs=True) == 16
 
 
 def test_batch_is_split_across_replicas():

@@ -3,8 +3,9 @@
 Keras 3's ``fit`` does not support this strategy, so the coordinator runs the loop itself:
 the model, its compiled optimizer, loss and metrics are rebuilt inside the strategy's scope
 (their variables live on the parameter servers), and every epoch the coordinator schedules
-``steps`` calls of the model's own ``train_step`` through a ``ClusterCoordinator``. Each call runs
-on whichever worker is free, on a batch of that worker's own shard. Between epochs the
+``steps`` calls of the model's own ``train_step`` through a ``ClusterCoordinator``, up to
+``stepsPerExecution`` of them per scheduled function. Each function runs on whichever worker is
+free, on batches of that worker's own shard. Between epochs the
 coordinator reads the metrics, evaluates the held-out rows on a local copy of the weights and
 runs the Keras callbacks, exactly where ``fit`` would.
 """
@@ -103,9 +104,14 @@ def coordinate(
 
     batches = iter(coordinator.create_per_worker_dataset(tf.function(per_worker_dataset)))
 
+    # Each scheduled function runs up to stepsPerExecution steps on one worker: the per-step
+    # round trip through the coordinator costs more than a small model's step.
+    per_call = max(1, min(plan.steps_per_execution, steps))
+
     @tf.function
-    def train_step(iterator: Any) -> None:
-        strategy.run(model.train_step, args=(next(iterator),))
+    def train_steps(iterator: Any, count: Any) -> None:
+        for _ in tf.range(count):
+            strategy.run(model.train_step, args=(next(iterator),))
 
     heartbeat = Heartbeat(os.path.join(assignment.result_dir, HEARTBEAT_FILE))
     validate = _validation(plan, assignment, custom_objects, heartbeat)
@@ -131,8 +137,9 @@ def coordinate(
         callback_list.on_epoch_begin(epoch)
         model.reset_metrics()
         applied_before = int(model.optimizer.iterations.numpy())
-        for _ in range(steps):
-            coordinator.schedule(train_step, args=(batches,))
+        for first_step in range(0, steps, per_call):
+            count = tf.constant(min(per_call, steps - first_step))
+            coordinator.schedule(train_steps, args=(batches, count))
         _join(coordinator, model.optimizer.iterations, applied_before, heartbeat, reporter)
         logs = {name: float(value) for name, value in model.get_metrics_result().items()}
         if validate is not None:

@@ -88,7 +88,7 @@ class TrainingPlan:
     intra_op_threads: int = 0
     #: Fork each task's TensorFlow process from the executor's fork server (``processes``).
     fork_server: bool = True
-    #: Most training steps per call into TensorFlow (mirrored; see ``resolve_steps_per_execution``).
+    #: Most training steps per call into TensorFlow (see :func:`steps_per_execution`).
     steps_per_execution: int = 1
 
     @property

@@ -416,7 +416,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             fork_server=self.getForkServer(),
             steps_per_execution=steps_per_execution(
                 self.getStepsPerExecution(),
-                getattr(self.getModel(), "steps_per_execution", 1),
+                getattr(model, "steps_per_execution", 1),
                 strategy,
                 sparse_inputs=features.storage == "sparse",
             ),

@@ -253,6 +253,20 @@ def steps_per_execution(
     return DEFAULT_STEPS_PER_EXECUTION if strategy == "mirrored" else 1
 
 
+def step_chunks(steps: int, steps_per_execution: int) -> list[int]:
+    """The steps of each call into TensorFlow over one epoch; the last call runs the remainder.
+
+    Examples
+    --------
+    >>> step_chunks(29, 4)
+    [4, 4, 4, 4, 4, 4, 4, 1]
+    >>> step_chunks(5, 32)
+    [5]
+    """
+    per_call = max(1, min(steps_per_execution, steps))
+    return [min(per_call, steps - first) for first in range(0, steps, per_call)]
+
+
 def asynchronous_steps_per_epoch(train_rows: int, batch_size: int, override: int | None) -> int:
     """Steps the coordinator schedules per epoch: one pass over all training rows on average.
 

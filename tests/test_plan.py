@@ -11,6 +11,7 @@ from sparkeras.plan import (
     WorkerAssignment,
     asynchronous_steps_per_epoch,
     per_replica_batch_size,
+    step_chunks,
     steps_per_epoch,
     steps_per_execution,
     task_roles,
@@ -35,6 +36,13 @@ def test_steps_per_execution_honours_the_param_then_the_compiled_model():
     assert steps_per_execution(0, 1, "parameter_server") == 1
     assert steps_per_execution(0, 8, "parameter_server") == 8
     assert steps_per_execution(16, 1, "parameter_server", sparse_inputs=True) == 16
+
+
+def test_step_chunks_cover_the_epoch_with_the_remainder_last():
+    assert step_chunks(29, 4) == [4] * 7 + [1]
+    assert step_chunks(64, 32) == [32, 32]
+    assert step_chunks(5, 32) == [5]  # capped at the epoch
+    assert step_chunks(3, 1) == [1, 1, 1]
 
 
 def test_batch_is_split_across_replicas():

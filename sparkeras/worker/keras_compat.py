@@ -115,29 +115,25 @@ def _local_step_logs(original: Any) -> Any:
     return reduce_per_replica
 
 
-def use_in_graph_steps(model: Any, steps_per_epoch: int, steps_per_execution: int) -> None:
-    """Run up to ``steps_per_execution`` training steps per call into TensorFlow, in one graph.
+def use_in_graph_steps(model: Any, chunks: list[int]) -> None:
+    """Run several training steps per call into TensorFlow, in one graph.
 
     Each call of Keras' train function would otherwise cost a Python round trip through Keras'
     loop, the distributed iterator and the callbacks: about 3 ms per step with two workers on
-    two cores, more than the step itself for a small model. An epoch still runs exactly
-    ``steps_per_epoch`` steps (the last call of an epoch runs the remainder), so every worker
-    runs the same steps. Batch-level callbacks then run once per call, as with Keras'
-    ``steps_per_execution``. Evaluation keeps one step per call: validation sets end by
+    two cores, more than the step itself for a small model. An epoch still runs exactly its
+    steps (the calls run ``chunks`` steps each, in order), so every worker runs the same steps.
+    Batch-level callbacks then run once per call, as with Keras' ``steps_per_execution``. Evaluation keeps one step per call: validation sets end by
     exhaustion, which needs the per-step end-of-data check.
 
     Parameters
     ----------
     model : keras.Model
         A compiled model, built in the strategy's scope.
-    steps_per_epoch : int
-        Training steps per epoch on every worker.
-    steps_per_execution : int
-        Most steps per call; capped at ``steps_per_epoch``.
+    chunks : list of int
+        Steps of each call in an epoch (``plan.step_chunks``); the same on every worker.
     """
     if model.run_eagerly:
         return
-    per_call = max(1, min(steps_per_execution, steps_per_epoch))
     step = _distributed_step(model, model.train_step)
 
     @tf.function(reduce_retracing=True)
@@ -147,16 +143,14 @@ def use_in_graph_steps(model: Any, steps_per_epoch: int, steps_per_execution: in
             outputs = step(next(iterator))
         return outputs
 
-    calls_per_epoch = -(-steps_per_epoch // per_call)
     calls = itertools.count()
 
     def train_function(iterator: Any) -> Any:
-        # Keras makes ceil(steps_per_epoch / per_call) calls per epoch, from the epoch's start.
-        first_step = next(calls) % calls_per_epoch * per_call
-        return run_steps(iterator, tf.constant(min(per_call, steps_per_epoch - first_step)))
+        # Keras makes len(chunks) calls per epoch, from the epoch's start.
+        return run_steps(iterator, tf.constant(chunks[next(calls) % len(chunks)]))
 
-    test_step = tf.function(_distributed_step(model, model.test_step), reduce_retracing=True)
-    model.steps_per_execution = per_call  # Keras' epoch loop advances by this many steps
+    test_step = _distributed_step(model, model.test_step)
+    model.steps_per_execution = chunks[0]  # Keras' epoch loop advances by this many steps
     model.train_function = train_function
     model.test_function = lambda iterator: test_step(next(iterator))
 

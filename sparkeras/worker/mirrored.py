@@ -13,6 +13,7 @@ from sparkeras.plan import (
     TrainingPlan,
     WorkerAssignment,
     per_replica_batch_size,
+    step_chunks,
     steps_per_epoch,
 )
 from sparkeras.plan import validation_rows_per_worker as validation_rows
@@ -76,7 +77,7 @@ def train(
     shard_rows = [rows - held_out for rows in assignment.shard_rows]
     steps = steps_per_epoch(shard_rows, batch * local_replicas, plan.steps_per_epoch)
 
-    keras_compat.use_in_graph_steps(model, steps, plan.steps_per_execution)
+    keras_compat.use_in_graph_steps(model, step_chunks(steps, plan.steps_per_execution))
 
     shard = data.open_shard(assignment.shard_dir, plan.features, plan.label)
     train_rows, val_rows = data.split_validation(shard.rows, held_out, plan.seed + assignment.rank)

@@ -25,6 +25,7 @@ from sparkeras.plan import (
     TrainingPlan,
     WorkerAssignment,
     asynchronous_steps_per_epoch,
+    step_chunks,
 )
 from sparkeras.worker.progress import ProgressReporter, chief_callbacks
 from sparkeras.worker.report import Heartbeat, PhaseClock, training_report
@@ -106,7 +107,7 @@ def coordinate(
 
     # Each scheduled function runs up to stepsPerExecution steps on one worker: the per-step
     # round trip through the coordinator costs more than a small model's step.
-    per_call = max(1, min(plan.steps_per_execution, steps))
+    chunks = step_chunks(steps, plan.steps_per_execution)
 
     @tf.function
     def train_steps(iterator: Any, count: Any) -> None:
@@ -137,9 +138,8 @@ def coordinate(
         callback_list.on_epoch_begin(epoch)
         model.reset_metrics()
         applied_before = int(model.optimizer.iterations.numpy())
-        for first_step in range(0, steps, per_call):
-            count = tf.constant(min(per_call, steps - first_step))
-            coordinator.schedule(train_steps, args=(batches, count))
+        for count in chunks:
+            coordinator.schedule(train_steps, args=(batches, tf.constant(count)))
         _join(coordinator, model.optimizer.iterations, applied_before, heartbeat, reporter)
         logs = {name: float(value) for name, value in model.get_metrics_result().items()}
         if validate is not None:

@@ -122,8 +122,9 @@ def use_in_graph_steps(model: Any, chunks: list[int]) -> None:
     loop, the distributed iterator and the callbacks: about 3 ms per step with two workers on
     two cores, more than the step itself for a small model. An epoch still runs exactly its
     steps (the calls run ``chunks`` steps each, in order), so every worker runs the same steps.
-    Batch-level callbacks then run once per call, as with Keras' ``steps_per_execution``. Evaluation keeps one step per call: validation sets end by
-    exhaustion, which needs the per-step end-of-data check.
+    Batch-level callbacks then run once per call, as with Keras' ``steps_per_execution``.
+    Evaluation keeps one step per call: validation sets end by exhaustion, which needs the
+    per-step end-of-data check.
 
     Parameters
     ----------

@@ -38,6 +38,13 @@ def test_steps_per_execution_honours_the_param_then_the_compiled_model():
     assert steps_per_execution(16, 1, "parameter_server", sparse_inputs=True) == 16
 
 
+def test_negative_steps_per_execution_is_rejected_when_set():
+    from sparkeras import SparkKerasEstimator
+
+    with pytest.raises(ValueError, match="stepsPerExecution must be >= 0, got -2"):
+        SparkKerasEstimator(stepsPerExecution=-2)
+
+
 def test_step_chunks_cover_the_epoch_with_the_remainder_last():
     assert step_chunks(29, 4) == [4] * 7 + [1]
     assert step_chunks(64, 32) == [32, 32]

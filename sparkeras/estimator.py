@@ -96,6 +96,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
 
     Examples
     --------
+    >>> import keras
     >>> model = keras.Sequential([keras.Input((200,)), keras.layers.Dense(1, "sigmoid")])
     >>> model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     >>> estimator = SparkKerasEstimator(model=model, numWorkers=2, epochs=5, batchSize=128)

@@ -276,3 +276,66 @@ def test_map_in_arrow_path_for_older_spark_gives_the_same_columns(
     fallback = binary_fitted.transform(binary_data)
     assert fallback.columns == ["features", "label", "rawPrediction", "probability", "prediction"]
     assert fallback.collect() == expected
+
+
+class RowsPerCall(keras.layers.Layer):
+    """Predicts, for every row, the number of rows in the model call that predicted it."""
+
+    def call(self, inputs):
+        rows = keras.ops.cast(keras.ops.shape(inputs)[0], "float32")
+        return keras.ops.ones_like(inputs[:, :1]) * rows
+
+
+def test_transform_calls_the_model_on_inference_batch_size_rows_at_a_time(spark):
+    model = keras.Sequential([keras.Input((3,)), RowsPerCall()])
+    frame = spark.createDataFrame([([float(i)] * 3,) for i in range(10)], ["features"])
+    fitted = SparkKerasModel.fromKerasModel(model, customObjects={"RowsPerCall": RowsPerCall})
+    scored = fitted.setInferenceBatchSize(4).transform(frame.coalesce(1)).collect()
+    assert [row.prediction for row in scored] == [4.0] * 8 + [2.0] * 2
+    assert [row.features[0] for row in scored] == list(range(10))  # row order kept
+
+    predict = inference.chunked_predict_function(model, batch_size=4, width=3)
+    assert predict(np.zeros((0, 3), np.float32)).shape == (0, 1)
+
+
+def test_cached_models_are_frozen_out_of_the_collector_and_freed_when_replaced(spark):
+    """PySpark collects garbage after every task; a model's objects are frozen out of that walk
+    (gc.freeze) and unfrozen again when another model replaces it, so that it can be freed."""
+    from sparkeras import serialization
+
+    first, second = (serialization.model_to_bytes(binary_model(3)) for _ in range(2))
+    objects = serialization.objects_to_bytes({})
+
+    def in_task(frames):
+        import gc
+        import weakref
+
+        import pandas as pd
+
+        inference._MODEL_CACHE.clear()
+        loaded = inference._cached_model(inference.model_key(first), first, objects, True)
+        frozen_with_first = gc.get_freeze_count()
+        old_model = weakref.ref(loaded.model)
+        del loaded
+        inference._cached_model(inference.model_key(second), second, objects, True)
+        gc.collect()
+        for _ in frames:
+            pass
+        yield pd.DataFrame(
+            {
+                "frozen_with_first": [frozen_with_first],
+                "frozen_with_second": [gc.get_freeze_count()],
+                "first_freed": [old_model() is None],
+            }
+        )
+
+    row = (
+        spark.range(1)
+        .mapInPandas(
+            in_task, "frozen_with_first long, frozen_with_second long, first_freed boolean"
+        )
+        .first()
+    )
+    assert row.frozen_with_first > 100_000  # TensorFlow, Keras and the model
+    assert row.frozen_with_second > 100_000
+    assert row.first_freed

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -141,6 +142,9 @@ def _preload() -> None:
         report,
     )
 
+    # Children then skip these ~400,000 objects in every full collection (0.19 s each), and
+    # collections do not write to the pages they share with the server.
+    gc.freeze()
     sys.stdout.flush()
 
 

@@ -73,9 +73,36 @@ def process_environment(device_env: Mapping[str, str]) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
         PYTHONUNBUFFERED="1",
         TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        TF_GRPC_DEFAULT_OPTIONS=grpc_options(env.get("TF_GRPC_DEFAULT_OPTIONS", "")),
         **device_env,  # set before TensorFlow starts: it reads them once
     )
     return env
+
+
+#: gRPC waits a whole second (its initial reconnect backoff) before it retries a connection that
+#: was refused, so a TensorFlow process that reached out before its peer's server listened lost
+#: about 0.8 s of start-up. Two MultiWorkerMirroredStrategy processes started 0.1-0.4 s apart
+#: took 0.6-1.2 s to start the strategy, and 0.05-0.5 s with this option.
+RECONNECT_BACKOFF = "grpc.initial_reconnect_backoff_ms=50"
+
+
+def grpc_options(user_options: str) -> str:
+    """``TF_GRPC_DEFAULT_OPTIONS`` for TensorFlow's gRPC channels: the user's, plus a short first
+    reconnect backoff unless they chose one.
+
+    Examples
+    --------
+    >>> grpc_options("")
+    'grpc.initial_reconnect_backoff_ms=50'
+    >>> grpc_options("grpc.keepalive_time_ms=60000")
+    'grpc.keepalive_time_ms=60000,grpc.initial_reconnect_backoff_ms=50'
+    >>> grpc_options("grpc.initial_reconnect_backoff_ms=500")
+    'grpc.initial_reconnect_backoff_ms=500'
+    """
+    key = RECONNECT_BACKOFF.split("=")[0]
+    if any(option.split("=")[0].strip() == key for option in user_options.split(",")):
+        return user_options
+    return ",".join(option for option in (user_options, RECONNECT_BACKOFF) if option)
 
 
 def _die_with_parent() -> None:

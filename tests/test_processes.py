@@ -13,7 +13,7 @@ import pytest
 from conftest import array_frame, binary_model, separable
 
 from sparkeras import SparkKerasEstimator, launch
-from sparkeras.processes import ForkServer, ForkServerError
+from sparkeras.processes import ForkServer, ForkServerError, process_environment
 from sparkeras.worker import fork_server
 from sparkeras.worker.task import ERROR_FILE
 
@@ -158,3 +158,11 @@ def test_forked_and_fresh_processes_train_the_same_model(spark):
         forked.getKerasModel().get_weights(), fresh.getKerasModel().get_weights(), strict=True
     ):
         np.testing.assert_array_equal(forked_weights, fresh_weights)
+
+
+def test_tensorflow_processes_retry_refused_connections_quickly(monkeypatch):
+    monkeypatch.setenv("TF_GRPC_DEFAULT_OPTIONS", "grpc.keepalive_time_ms=60000")
+    env = process_environment({})
+    assert env["TF_GRPC_DEFAULT_OPTIONS"] == (
+        "grpc.keepalive_time_ms=60000,grpc.initial_reconnect_backoff_ms=50"
+    )

@@ -61,7 +61,7 @@ CHUNK_BYTES = 8 * 1024 * 1024
 LOG_TAIL_LINES = 40
 #: Task directories are named ``<prefix><rank>-<random>`` and record their task's process id.
 TASK_DIR_PREFIX = "sparkeras-task"
-OWNER_FILE = "owner.pid"
+OWNER_FILE = "owner.json"
 #: Rendezvous rounds tried before giving up on distinct ports for every task.
 RENDEZVOUS_ROUNDS = 3
 #: How Spark counts task slots, for error messages.
@@ -140,6 +140,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
     features, label, roles, staging_dir = plan.features, plan.label, plan.roles, plan.staging_dir
     stall_timeout, checkpoint_dir = plan.stall_timeout, plan.checkpoint_dir
     use_fork_server = plan.fork_server
+    run_id = uuid.uuid4().hex  # tells this fit's task directories from other fits'
     #: Where the tasks meet on the driver (address, secret), set below; None: ``allGather``.
     meeting_point: tuple[str, str] | None = None
 
@@ -152,7 +153,8 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
         rank = context.partitionId()
         role = roles[rank]
         _fail_if_failed_before(checkpoint_dir)
-        task_dir = _make_task_dir(staging_dir, rank)
+        owner = TaskOwner(os.getpid(), run_id, rank, context.taskAttemptId())
+        task_dir = _make_task_dir(staging_dir, owner)
         gpus = task_gpu_addresses(context)
         started = time.time()
         try:
@@ -233,7 +235,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                             yield _result_batch(rank, "model", chunk, seq)
         finally:
             shutil.rmtree(task_dir, ignore_errors=True)
-            _remove_orphaned_task_dirs(os.path.dirname(task_dir))
+            _remove_orphaned_task_dirs(os.path.dirname(task_dir), owner)
 
     # The shuffle after the barrier stage makes it a shuffle-map stage, which Spark retries as a
     # whole when a task fails (up to spark.stage.maxConsecutiveAttempts times, when the task
@@ -332,19 +334,31 @@ def _fail_if_failed_before(checkpoint_dir: str) -> None:
             raise _fail(f"{file.read()}\n{REPEATED_FAILURE_NOTE}")
 
 
-def _make_task_dir(staging_dir: str | None, rank: int) -> str:
+@dataclasses.dataclass(frozen=True)
+class TaskOwner:
+    """Who made a task directory: written into it, read by :func:`_remove_orphaned_task_dirs`."""
+
+    #: The task's Python worker.
+    pid: int
+    #: The fit (a random id per ``run_training``).
+    run: str
+    rank: int
+    #: Spark's task attempt id, unique in the application and growing with each attempt.
+    task: int
+
+
+def _make_task_dir(staging_dir: str | None, owner: TaskOwner) -> str:
     """A fresh directory for this task's shard and files, under ``stagingDir`` when set.
 
-    Directories left by tasks whose Python worker was killed (Spark kills the other tasks of a
-    failed barrier stage, so their ``finally`` never runs) are removed first.
+    Directories that no task will use again are removed first (:func:`_remove_orphaned_task_dirs`).
     """
     try:
         if staging_dir is not None:
             os.makedirs(staging_dir, exist_ok=True)
-        _remove_orphaned_task_dirs(staging_dir or tempfile.gettempdir())
-        task_dir = tempfile.mkdtemp(prefix=f"{TASK_DIR_PREFIX}{rank}-", dir=staging_dir)
+        _remove_orphaned_task_dirs(staging_dir or tempfile.gettempdir(), owner)
+        task_dir = tempfile.mkdtemp(prefix=f"{TASK_DIR_PREFIX}{owner.rank}-", dir=staging_dir)
         with open(os.path.join(task_dir, OWNER_FILE), "w") as file:
-            file.write(str(os.getpid()))
+            json.dump(dataclasses.asdict(owner), file)
         return task_dir
     except OSError as error:
         raise _fail(
@@ -354,17 +368,28 @@ def _make_task_dir(staging_dir: str | None, rank: int) -> str:
         ) from None
 
 
-def _remove_orphaned_task_dirs(root: str) -> None:
+def _remove_orphaned_task_dirs(root: str, me: TaskOwner) -> None:
+    """Remove the task directories under ``root`` that no task will use again.
+
+    Spark kills the other tasks of a failed barrier stage, so their ``finally`` may never run.
+    A directory is an orphan when its task's Python worker is gone, or when an earlier attempt
+    of this task (same fit and rank) made it: Spark gives a killed task's Python worker
+    ``spark.python.task.killTimeout`` (2 s) before it destroys it, and a quick retry can be
+    done before that.
+    """
     for entry in os.scandir(root):
         if not entry.name.startswith(TASK_DIR_PREFIX) or not entry.is_dir():
             continue
         try:
             with open(os.path.join(entry.path, OWNER_FILE)) as file:
-                owner = int(file.read())
-            os.kill(owner, 0)  # raises when the task's Python worker is gone
+                owner = TaskOwner(**json.load(file))
+            if (owner.run, owner.rank) == (me.run, me.rank) and owner.task < me.task:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                continue
+            os.kill(owner.pid, 0)  # raises when the task's Python worker is gone
         except ProcessLookupError:
             shutil.rmtree(entry.path, ignore_errors=True)
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):
             continue  # being created, or not ours to judge
 
 

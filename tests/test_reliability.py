@@ -183,3 +183,33 @@ def test_a_stuck_worker_is_detected_and_the_stage_retried(frame, tmp_path):
     assert result.workerReports[0]["resumed_from_epoch"] in (1, 2)
     assert len(result.history["loss"]) == 3
     assert wait_until_no_worker_process() == []
+
+
+def test_task_directories_of_dead_workers_and_failed_attempts_are_removed(tmp_path):
+    """A killed task's directory (its shard) goes once its Python worker is gone, or as soon as a
+    later attempt of the same task starts, even while the killed task's worker still lives."""
+    import dataclasses
+    import json
+    import subprocess
+
+    from sparkeras.launch import OWNER_FILE, TASK_DIR_PREFIX, TaskOwner, _remove_orphaned_task_dirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = os.getpid()
+    me = TaskOwner(alive, run="this", rank=0, task=12)
+    owners = {
+        "dead-worker": TaskOwner(dead.pid, run="other", rank=0, task=3),
+        "earlier-attempt": TaskOwner(alive, run="this", rank=0, task=10),
+        "sibling": TaskOwner(alive, run="this", rank=1, task=11),
+        "other-fit": TaskOwner(alive, run="other", rank=0, task=4),
+    }
+    for name, owner in owners.items():
+        directory = tmp_path / f"{TASK_DIR_PREFIX}{name}"
+        directory.mkdir()
+        (directory / OWNER_FILE).write_text(json.dumps(dataclasses.asdict(owner)))
+    (tmp_path / f"{TASK_DIR_PREFIX}being-created").mkdir()  # no owner file yet
+
+    _remove_orphaned_task_dirs(str(tmp_path), me)
+    remaining = sorted(p.name.removeprefix(TASK_DIR_PREFIX) for p in tmp_path.iterdir())
+    assert remaining == ["being-created", "other-fit", "sibling"]

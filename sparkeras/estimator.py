@@ -394,6 +394,9 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         rows = validation.check_data(stats, features, label, self.getHandleInvalid(), num_workers)
         if stats.invalid_rows:  # handleInvalid == "skip"
             data = data.filter(~validation.invalid_rows(features, label))
+        if features.kind == "array":
+            # Shards hold float32: casting before the shuffle halves the bytes it moves.
+            data = data.withColumn(features.column, data[features.column].cast("array<float>"))
         plan = TrainingPlan(
             model_bytes=model_bytes,
             custom_objects_bytes=serialization.objects_to_bytes(custom_objects),

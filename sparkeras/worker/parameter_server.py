@@ -29,6 +29,7 @@ from sparkeras.plan import (
 )
 from sparkeras.worker.progress import ProgressReporter, chief_callbacks
 from sparkeras.worker.report import Heartbeat, PhaseClock, training_report
+from sparkeras.worker.task import exit_process
 
 #: How often the coordinator checks the parameter servers' step count while it waits.
 JOIN_POLL_SECONDS = 0.5
@@ -52,7 +53,8 @@ def serve(plan: TrainingPlan, assignment: WorkerAssignment) -> None:
 def coordinate(
     plan: TrainingPlan, assignment: WorkerAssignment, clock: PhaseClock, report_path: str
 ) -> None:
-    """Train the plan's model on the cluster's workers, then save it and write the report."""
+    """Train the plan's model on the cluster's workers, then save it, write the report and end
+    the process (exit code 0)."""
     import tensorflow as tf
 
     limit_threads(tf, plan.intra_op_threads, assignment.cpus, minimum_inter=2)
@@ -167,6 +169,9 @@ def coordinate(
     )
     with open(report_path, "w") as file:
         json.dump(report, file)
+    # Like a mirrored worker: returning would first tear down the per-worker datasets and
+    # iterators (remote resources on the workers), which nobody waits for.
+    exit_process(0)
 
 
 def _example_batch(plan: TrainingPlan) -> tuple[np.ndarray, np.ndarray]:

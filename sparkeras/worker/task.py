@@ -89,9 +89,8 @@ def run(task_dir: str, control: BinaryIO, *, forked: bool = False) -> int:
             from sparkeras.worker import parameter_server
 
             if assignment.role == "chief":
-                parameter_server.coordinate(
-                    plan, assignment, clock, report_path
-                )  # ends the process
+                # Ends the process itself once the report is written.
+                parameter_server.coordinate(plan, assignment, clock, report_path)
             else:
                 parameter_server.serve(plan, assignment)  # runs until the task kills it
     except BaseException as error:

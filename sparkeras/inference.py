@@ -159,8 +159,9 @@ def _freeze_in_task() -> None:
     PySpark's daemon runs a full ``gc.collect()`` after every task of a reused Python worker.
     With TensorFlow, Keras and a model loaded, that walks about 400,000 objects (0.19 s per
     task measured here), and Python's own full collections walk them too. Frozen
-    (``gc.freeze``), they are skipped: the transform benchmark's Python workers went from 1.45
-    to 0.70 CPU-seconds per million rows, and the whole transform from about 1.9 s to 1.2 s.
+    (``gc.freeze``), they are skipped: the transform benchmark's Python workers went from
+    1.35-1.72 to 0.67-0.80 CPU-seconds per million rows, and the whole transform from
+    1.76-2.25 s to 1.37-1.78 s.
     Reference counting still frees frozen objects; before a model replaces another in the cache,
     the worker is unfrozen and collected once, so that the old model's reference cycles go too.
     """

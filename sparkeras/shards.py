@@ -76,7 +76,7 @@ def write_shard(
             feature_column = batch.column(features.column)
             if features.storage == "sparse":
                 row_nnz, cols, values = _to_coo(feature_column, features)
-                files["values.f32"].write(values.astype(np.float32, copy=False).tobytes())
+                files["values.f32"].write(values.tobytes())
                 files["indices.i32"].write(cols.astype(np.int32, copy=False).tobytes())
                 files["row_nnz.i64"].write(row_nnz.astype(np.int64, copy=False).tobytes())
             else:
@@ -111,18 +111,31 @@ def _check_no_nulls(column: pa.Array, name: str) -> None:
         )
 
 
-def _check_finite(values: np.ndarray, name: str) -> None:
-    # A sum is one pass with no temporary array; it is finite unless a value is NaN or infinite
-    # (or, harmlessly, the sum overflows: the exact count below then finds nothing).
-    if np.isfinite(values.sum()):
-        return
-    finite = np.isfinite(values)
+def _to_float32(values: np.ndarray, name: str, out: np.ndarray | None = None) -> np.ndarray:
+    """``values`` as float32 (written into ``out`` when given), refusing NaN and infinities.
+
+    The check runs after the cast, so a finite double beyond float32's range, which the cast
+    turns into an infinity, is refused too instead of being trained on as one.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if out is None:
+            converted = values.astype(np.float32, copy=False)
+        else:
+            np.copyto(out, values, casting="unsafe")
+            converted = out
+        # A sum is one pass with no temporary array; it is finite unless a value is NaN or
+        # infinite (or, harmlessly, the sum overflows: the exact count below then finds nothing).
+        if np.isfinite(converted.sum()):
+            return converted
+    finite = np.isfinite(converted)
     if not finite.all():
         raise ShardDataError(
-            f"Column '{name}' has {int((~finite).sum())} NaN or infinite value(s) in this shard. "
+            f"Column '{name}' has {int((~finite).sum())} NaN or infinite value(s) in this shard "
+            "(numbers beyond float32's range, about 3.4e38 in magnitude, count as infinite). "
             "Replace or drop them before fitting (handleInvalid='skip' drops such rows itself "
             "for array and numeric columns; for Vector columns filter them first)."
         )
+    return converted
 
 
 def _list_parts(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -133,13 +146,13 @@ def _list_parts(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _to_coo(column: pa.Array, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row entry counts, column indices and values of a Vector column.
+    """Per-row entry counts, column indices and float32 values of a Vector column.
 
     Only Vector columns get here: sparse storage requires one (``validation.feature_spec``).
     """
     _check_no_nulls(column, spec.column)
     lengths, values = _list_parts(column.field("values"))
-    _check_finite(values, spec.column)
+    values = _to_float32(values, spec.column)
     kinds = column.field("type").to_numpy(zero_copy_only=False)
     is_sparse = kinds == _SPARSE_VECTOR
     if is_sparse.any():
@@ -167,25 +180,19 @@ def features_to_dense(
     """
     _check_no_nulls(column, spec.column)
     rows = len(column)
+    target = None if out is None else out[: rows * spec.width].reshape(rows, spec.width)
     if spec.kind == "array" or not (column.field("type").to_numpy(zero_copy_only=False) == 0).any():
         source = column if spec.kind == "array" else column.field("values")
         lengths, values = _list_parts(source)
         _check_widths(lengths, spec)
-        _check_finite(values, spec.column)
-        matrix = values.reshape(rows, spec.width)
-        if out is None:
-            return matrix.astype(np.float32, copy=False)
-        dense = out[: rows * spec.width].reshape(rows, spec.width)
-        np.copyto(dense, matrix, casting="unsafe")
-        return dense
+        return _to_float32(values.reshape(rows, spec.width), spec.column, out=target)
     lengths, cols, values = _to_coo(column, spec)
-    if out is None:
-        dense = np.zeros((rows, spec.width), dtype=np.float32)
+    if target is None:
+        target = np.zeros((rows, spec.width), dtype=np.float32)
     else:
-        dense = out[: rows * spec.width].reshape(rows, spec.width)
-        dense.fill(0)
-    dense[np.repeat(np.arange(rows), lengths), cols] = values
-    return dense
+        target.fill(0)
+    target[np.repeat(np.arange(rows), lengths), cols] = values
+    return target
 
 
 def _check_widths(lengths: np.ndarray, spec: FeatureSpec) -> None:
@@ -204,8 +211,7 @@ def _width_message(spec: FeatureSpec, found: int) -> str:
 def _weights_to_numpy(column: pa.Array) -> bytes:
     name = "the weight column"
     _check_no_nulls(column, name)
-    weights = column.to_numpy(zero_copy_only=False).astype(np.float32)
-    _check_finite(weights, name)
+    weights = _to_float32(column.to_numpy(zero_copy_only=False), name)
     if (weights < 0).any():
         raise ShardDataError(f"{name} has {int((weights < 0).sum())} negative weight(s).")
     return weights.tobytes()
@@ -215,7 +221,8 @@ def _labels_to_numpy(column: pa.Array, spec: LabelSpec) -> np.ndarray:
     _check_no_nulls(column, spec.column)
     if spec.kind == "scalar":
         values: Any = column.to_numpy(zero_copy_only=False)
-        _check_finite(values, spec.column)
+        if spec.dtype == "float32":
+            values = _to_float32(values, spec.column)
     else:
         label_features = FeatureSpec(column=spec.column, kind=spec.kind, width=spec.width)
         values = features_to_dense(column, label_features)

@@ -177,26 +177,31 @@ class DataStats:
     label_widths: tuple[int, int] | None
 
 
+#: Doubles of this magnitude and up become infinite as float32, the type the model is fed.
+FLOAT32_OVERFLOW = float.fromhex("0x1.ffffffp+127")
+
+
 def invalid_rows(features: FeatureSpec, label: LabelSpec) -> Column:
-    """True for rows with a null, or a NaN or infinite number in an array or scalar column, or
-    a negative weight.
+    """True for rows with a null, or a NaN, infinite or float32-overflowing number in an array or
+    fractional column, or a negative weight.
 
     Vector columns are a user-defined type that SQL cannot look into without densifying every
     row; their values are checked by the executors as they write the shards.
     """
 
-    def non_finite(value: Column) -> Column:
-        return F.isnan(value) | (F.abs(value) == F.lit(float("inf")))
+    def unusable(value: Column) -> Column:
+        # Spark SQL orders NaN above every number, so the comparison is false for NaN too.
+        return ~(F.abs(value) < F.lit(FLOAT32_OVERFLOW))
 
     invalid = F.col(features.column).isNull() | F.col(label.column).isNull()
     for column, kind in ((features.column, features.kind), (label.column, label.kind)):
         if kind == "array":
-            invalid = invalid | F.exists(column, non_finite)
+            invalid = invalid | F.exists(column, lambda value: value.isNull() | unusable(value))
     if label.kind == "scalar" and label.dtype == "float32":
-        invalid = invalid | non_finite(F.col(label.column))
+        invalid = invalid | unusable(F.col(label.column))
     if label.weight_column is not None:
         weight = F.col(label.weight_column)
-        invalid = invalid | weight.isNull() | non_finite(weight) | (weight < 0)
+        invalid = invalid | weight.isNull() | unusable(weight) | (weight < 0)
     return invalid
 
 
@@ -227,8 +232,9 @@ def check_data(
         raise ValueError("The training DataFrame is empty; there is nothing to fit.")
     if stats.invalid_rows and handle_invalid == "error":
         raise ValueError(
-            f"{stats.invalid_rows} of {stats.rows} rows have a null, NaN or infinite value in "
-            f"'{features.column}' or '{label.column}'"
+            f"{stats.invalid_rows} of {stats.rows} rows have a null, NaN or infinite value (or a "
+            f"number beyond float32's range, about 3.4e38) in '{features.column}' or "
+            f"'{label.column}'"
             + (f", or a negative weight in '{label.weight_column}'" if label.weight_column else "")
             + ". Fill or drop them (e.g. with Imputer), or set handleInvalid='skip' to drop and "
             "count them."

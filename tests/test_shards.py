@@ -86,6 +86,26 @@ def test_wrong_width_and_nulls_are_clear_errors(tmp_path):
             write_shard(iter([batch]), str(tmp_path), FeatureSpec("f", "vector", 3, storage), label)
 
 
+@pytest.mark.parametrize("storage", ["dense", "sparse"])
+def test_doubles_beyond_float32_range_are_refused_not_trained_on_as_infinity(tmp_path, storage):
+    """Shards hold float32: 1e39 would become inf, so it is refused like inf, with its reason."""
+    features = FeatureSpec("f", "vector", 3, storage)
+    label = LabelSpec("l", "scalar", 1, "float32")
+    largest = float(np.finfo(np.float32).max)
+    fine = vectors([dense([largest, -largest, 1.0]), sparse(3, [0], [-largest])])
+    batch = pa.RecordBatch.from_arrays([fine, pa.array([largest, 0.0])], ["f", "l"])
+    assert write_shard(iter([batch]), str(tmp_path), features, label) == 2
+    too_large = vectors([dense([1e39, 1.0, 2.0]), sparse(3, [1], [-1e39])])
+    batch = pa.RecordBatch.from_arrays([too_large, pa.array([1.0, 0.0])], ["f", "l"])
+    with pytest.raises(
+        ShardDataError, match=r"Column 'f' has 2 NaN or infinite value.*beyond float32's range"
+    ):
+        write_shard(iter([batch]), str(tmp_path), features, label)
+    batch = pa.RecordBatch.from_arrays([fine, pa.array([1e39, 0.0])], ["f", "l"])
+    with pytest.raises(ShardDataError, match=r"Column 'l' has 1 NaN or infinite value"):
+        write_shard(iter([batch]), str(tmp_path), features, label)
+
+
 def test_epoch_order_visits_every_row_and_tops_up():
     rng = np.random.default_rng(0)
     rows = np.arange(10)

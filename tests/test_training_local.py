@@ -376,12 +376,17 @@ def test_skip_invalid_rows_drops_and_trains(spark):
         ([float("nan")] + [0.0] * (WIDTH - 1), 1.0),
         ([float("inf")] + [0.0] * (WIDTH - 1), 0.0),
         ([0.0] * WIDTH, float("nan")),
+        ([None] + [0.0] * (WIDTH - 1), 1.0),  # a null inside the array
+        ([1e39] + [0.0] * (WIDTH - 1), 0.0),  # finite, but infinite as float32
+        ([0.0] * WIDTH, -1e39),
     ]
     frame = array_frame(spark, features, labels).union(
         spark.createDataFrame(bad, "features array<double>, label double")
     )
     with pytest.raises(
-        ValueError, match=r"4 of 304 rows have a null, NaN or infinite value.*handleInvalid='skip'"
+        ValueError,
+        match=r"7 of 307 rows have a null, NaN or infinite value \(or a number beyond float32's "
+        r"range, about 3.4e38\).*handleInvalid='skip'",
     ):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2).fit(frame)
     result = SparkKerasEstimator(

@@ -392,6 +392,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         data = dataset.select(*[column for column in columns if column is not None])
         stats = validation.collect_data_stats(data, features, label)
         rows = validation.check_data(stats, features, label, self.getHandleInvalid(), num_workers)
+        validation.check_validation_split(rows, num_workers, self.getValidationFraction(), strategy)
         if stats.invalid_rows:  # handleInvalid == "skip"
             data = data.filter(~validation.invalid_rows(features, label))
         if features.kind == "array":

@@ -258,7 +258,9 @@ class OutputSpec:
         """
         if self.mode == "multi_output":
             return [_doubles(values, values.shape[1], as_lists=True) for values in outputs_per_head]
-        outputs = outputs_per_head[0]
+        # float64 before clipping: in float32, 1 - 1e-12 is 1, and a saturated sigmoid's logit
+        # would be infinite.
+        outputs = outputs_per_head[0].astype(np.float64, copy=False)
         if self.mode != "classification":
             return [_doubles(outputs, self.width)] if self.prediction_col else []
         if self.width == 1:
@@ -313,6 +315,8 @@ class BatchPredictor:
         model = _cached_model(
             model_key(self.model_bytes), self.model_bytes, self.custom_objects_bytes, self.safe_mode
         )
+        import keras  # loaded with the model
+
         output = self.output
         staging = np.empty(0, dtype=np.float32)
 
@@ -321,10 +325,8 @@ class BatchPredictor:
             if staging.size < len(column) * self.features.width:
                 staging = aligned_float32(len(column) * self.features.width)
             inputs = features_to_dense(column, self.features, out=staging)
-            predicted = model.predict(inputs, self.batch_size)
-            if isinstance(predicted, dict):
-                predicted = [predicted[name] for name in output.output_names]
-            heads = predicted if isinstance(predicted, (list, tuple)) else [predicted]
+            # One array per output, in the order of model.outputs (a dict's is by key).
+            heads = keras.tree.flatten(model.predict(inputs, self.batch_size))
             return [
                 head.numpy().reshape(-1, width)
                 for head, width in zip(heads, output.widths, strict=True)

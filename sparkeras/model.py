@@ -166,7 +166,7 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
             prediction_col=self.getPredictionCol(),
             raw_prediction_col=self.getRawPredictionCol(),
             probability_col=self.getProbabilityCol(),
-            output_names=tuple(keras_model.output_names) if multi_output else (),
+            output_names=validation.model_output_names(keras_model) if multi_output else (),
             output_widths=tuple(int(out.shape[-1] or 1) for out in keras_model.outputs),
         )
         existing = [field.name for field in output.fields() if field.name in dataset.columns]

@@ -50,7 +50,7 @@ class LabelSpec:
     column: str
     kind: LabelKind
     width: int
-    dtype: Literal["float32", "int32"]
+    dtype: Literal["float32", "int32", "int64"]
     #: A numeric column of per-row weights (Keras' ``sample_weight``), or ``None``.
     weight_column: str | None = None
 
@@ -285,13 +285,19 @@ def asynchronous_steps_per_epoch(train_rows: int, batch_size: int, override: int
 def validation_rows_per_worker(shard_rows: list[int], fraction: float) -> int:
     """Rows each worker holds out: the same count everywhere, so evaluation steps match.
 
+    At least one row when ``fraction`` > 0, but every worker keeps at least one training row
+    (the driver refuses a validation split of data that cannot give both).
+
     Examples
     --------
     >>> validation_rows_per_worker([500, 480], 0.2)
     98
+    >>> validation_rows_per_worker([2, 2], 0.1)
+    1
+    >>> validation_rows_per_worker([2, 1], 0.2)
+    0
     """
     if fraction <= 0.0:
         return 0
     wanted = round(fraction * sum(shard_rows) / len(shard_rows))
-    # Every worker keeps at least one training row.
-    return max(1, min(wanted, min(shard_rows) - 1))
+    return max(0, min(max(1, wanted), min(shard_rows) - 1))

@@ -106,8 +106,8 @@ def _row_counts_to_indptr(directory: str) -> None:
 def _check_no_nulls(column: pa.Array, name: str) -> None:
     if column.null_count:
         raise ShardDataError(
-            f"Column '{name}' has {column.null_count} null value(s) in this shard. "
-            "Set handleInvalid='skip' to drop such rows, or fill them before fitting."
+            f"Column '{name}' has {column.null_count} null value(s). Fill or drop them first "
+            "(for fit, handleInvalid='skip' drops such rows itself)."
         )
 
 
@@ -130,10 +130,10 @@ def _to_float32(values: np.ndarray, name: str, out: np.ndarray | None = None) ->
     finite = np.isfinite(converted)
     if not finite.all():
         raise ShardDataError(
-            f"Column '{name}' has {int((~finite).sum())} NaN or infinite value(s) in this shard "
-            "(numbers beyond float32's range, about 3.4e38 in magnitude, count as infinite). "
-            "Replace or drop them before fitting (handleInvalid='skip' drops such rows itself "
-            "for array and numeric columns; for Vector columns filter them first)."
+            f"Column '{name}' has {int((~finite).sum())} NaN or infinite value(s) (numbers "
+            "beyond float32's range, about 3.4e38 in magnitude, count as infinite). Replace or "
+            "drop them first (for fit, handleInvalid='skip' drops such rows itself from array "
+            "and numeric columns; filter Vector columns yourself)."
         )
     return converted
 

@@ -19,6 +19,7 @@ from pyspark.sql.types import (
     DataType,
     FractionalType,
     IntegralType,
+    LongType,
     NumericType,
     StructType,
 )
@@ -126,9 +127,22 @@ def model_output_width(model: Any) -> int:
     return int(model.outputs[0].shape[-1] or 1)
 
 
+def model_output_names(model: Any) -> tuple[str, ...]:
+    """A name for each of ``model.outputs``, in that order: the keys of a dict of outputs (which
+    Keras orders by key), otherwise the output layers' names."""
+    import keras
+
+    structure = getattr(model, "output", None)
+    if isinstance(structure, dict):
+        return tuple(str(path[-1]) for path, _ in keras.tree.flatten_with_path(structure))
+    return tuple(model.output_names)
+
+
 def label_spec(schema: StructType, column: str, width: int) -> LabelSpec:
     """Describe the label column; array and vector labels must be ``width`` long."""
     data_type = _field_type(schema, column, "label")
+    if isinstance(data_type, LongType):  # class ids fit int32, but amounts or ids may not
+        return LabelSpec(column=column, kind="scalar", width=1, dtype="int64")
     if isinstance(data_type, (IntegralType, BooleanType)):
         return LabelSpec(column=column, kind="scalar", width=1, dtype="int32")
     if isinstance(data_type, FractionalType):
@@ -190,8 +204,9 @@ def invalid_rows(features: FeatureSpec, label: LabelSpec) -> Column:
     """
 
     def unusable(value: Column) -> Column:
-        # Spark SQL orders NaN above every number, so the comparison is false for NaN too.
-        return ~(F.abs(value) < F.lit(FLOAT32_OVERFLOW))
+        # Spark SQL orders NaN above every number, so this is true for NaN too. No abs(): under
+        # ANSI mode it fails on an integer column's minimum value.
+        return (value <= F.lit(-FLOAT32_OVERFLOW)) | (value >= F.lit(FLOAT32_OVERFLOW))
 
     invalid = F.col(features.column).isNull() | F.col(label.column).isNull()
     for column, kind in ((features.column, features.kind), (label.column, label.kind)):
@@ -255,3 +270,31 @@ def check_data(
             "one row. Use fewer workers or more data."
         )
     return usable
+
+
+def check_validation_split(rows: int, num_workers: int, fraction: float, strategy: str) -> None:
+    """A validation split must hold out at least one row and leave every worker a training row.
+
+    In mirrored mode every worker holds out its own rows; in parameter-server mode the held-out
+    rows go to the coordinator.
+
+    Examples
+    --------
+    >>> check_validation_split(3, num_workers=2, fraction=0.2, strategy="mirrored")
+    Traceback (most recent call last):
+    ...
+    ValueError: validationFraction=0.2 cannot split 3 usable row(s) for numWorkers=2: ...
+    """
+    if fraction <= 0.0:
+        return
+    if strategy == "mirrored":
+        enough = rows >= 2 * num_workers
+    else:
+        held_out = round(fraction * rows)
+        enough = held_out >= 1 and rows - held_out >= num_workers
+    if not enough:
+        raise ValueError(
+            f"validationFraction={fraction} cannot split {rows} usable row(s) for "
+            f"numWorkers={num_workers}: every worker needs a training row and the validation set "
+            "at least one row. Use more data or fewer workers, or validationFraction=0."
+        )

@@ -268,6 +268,40 @@ def test_multi_output_models_give_one_array_column_per_output(spark):
     np.testing.assert_allclose([r.prediction_pair for r in scored], expected_pair, rtol=1e-6)
 
 
+def test_models_with_a_dict_of_outputs_name_their_columns_by_key(spark):
+    inputs = keras.Input((3,))
+    heads = {"price": keras.layers.Dense(1)(inputs), "kind": keras.layers.Dense(2)(inputs)}
+    model = keras.Model(inputs, heads)
+    single = keras.Model(inputs, {"score": keras.layers.Dense(1)(inputs)})
+    frame = spark.createDataFrame([([1.0, 2.0, 3.0],), ([0.0, -1.0, 0.5],)], ["features"])
+    rows = np.array([[1, 2, 3], [0, -1, 0.5]], dtype=np.float32)
+    scored = SparkKerasModel.fromKerasModel(model).transform(frame).collect()
+    expected = model.predict(rows, verbose=0)
+    np.testing.assert_allclose([r.prediction_price for r in scored], expected["price"], rtol=1e-6)
+    np.testing.assert_allclose([r.prediction_kind for r in scored], expected["kind"], rtol=1e-6)
+    scored = SparkKerasModel.fromKerasModel(single).transform(frame).collect()
+    expected = single.predict(rows, verbose=0)["score"][:, 0]
+    np.testing.assert_allclose([r.prediction for r in scored], expected, rtol=1e-6)
+
+
+def test_saturated_sigmoid_scores_keep_finite_raw_predictions():
+    spec = inference.OutputSpec(
+        mode="classification",
+        width=1,
+        prediction_col="prediction",
+        raw_prediction_col="rawPrediction",
+        probability_col="probability",
+    )
+    outputs = np.array([[1.0], [0.0], [0.5]], dtype=np.float32)  # sigmoid(40) is 1.0 in float32
+    raw, probability, prediction = spec.columns([outputs])
+    assert probability.field("values").to_pylist()[2] == [0.5, 0.5]
+    raw = np.array(raw.field("values").to_pylist())
+    assert np.isfinite(raw).all()
+    np.testing.assert_allclose(raw[0], -raw[1], rtol=1e-5)  # as sure of 1 as of 0
+    assert raw[2].tolist() == [0.0, 0.0]
+    assert prediction.to_pylist() == [1.0, 0.0, 0.0]
+
+
 def test_map_in_arrow_path_for_older_spark_gives_the_same_columns(
     binary_fitted, binary_data, monkeypatch
 ):

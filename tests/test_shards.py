@@ -166,3 +166,12 @@ def test_large_shards_are_gathered_from_their_files_with_the_same_batches(tmp_pa
         for got_part, expected_part in zip(got, expected, strict=True):
             np.testing.assert_array_equal(got_part, expected_part)
     np.testing.assert_array_equal(from_files[0][0][:, 0], -from_files[0][0][:, 1])  # rows intact
+
+
+def test_long_labels_keep_values_beyond_int32(tmp_path):
+    features = FeatureSpec("f", "array", 1)
+    label = LabelSpec("l", "scalar", 1, "int64")
+    batch = pa.RecordBatch.from_pydict({"f": [[1.0], [2.0]], "l": [2**31 + 5, -(2**40)]})
+    assert write_shard(iter([batch]), str(tmp_path), features, label) == 2
+    shard = data.open_shard(str(tmp_path), features, label)
+    assert shard.labels.tolist() == [2**31 + 5, -(2**40)]

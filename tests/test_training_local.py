@@ -467,6 +467,25 @@ def test_bad_models_are_rejected_on_the_driver(data):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=1).fit(frame)
 
 
+def test_long_labels_train_as_int64(data):
+    _, _, frame = data
+    longs = frame.withColumn("label", F.col("label").cast("long"))
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, epochs=4, batchSize=64, seed=3
+    ).fit(longs)
+    assert result.history["accuracy"][-1] >= 0.9
+
+
+def test_a_validation_split_of_too_few_rows_is_refused_on_the_driver(data):
+    _, _, frame = data
+    with pytest.raises(
+        ValueError, match=r"validationFraction=0.2 cannot split 3 usable row\(s\) for numWorkers=2"
+    ):
+        SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, validationFraction=0.2).fit(
+            frame.limit(3)
+        )
+
+
 def test_default_session_runs_executors_on_this_python(spark):
     import sys
 

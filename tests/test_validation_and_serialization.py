@@ -11,6 +11,7 @@ from pyspark.sql.types import (
     ArrayType,
     DoubleType,
     IntegerType,
+    LongType,
     StringType,
     StructField,
     StructType,
@@ -27,6 +28,7 @@ SCHEMA = StructType(
         StructField("text", StringType()),
         StructField("y", IntegerType()),
         StructField("z", DoubleType()),
+        StructField("id", LongType()),
     ]
 )
 
@@ -37,6 +39,8 @@ def test_feature_and_label_specs_follow_the_schema():
     assert validation.feature_spec(SCHEMA, "arr", model).kind == "array"
     assert validation.label_spec(SCHEMA, "y", 1) == LabelSpec("y", "scalar", 1, "int32")
     assert validation.label_spec(SCHEMA, "z", 1).dtype == "float32"
+    # Long labels keep their range: amounts or ids beyond 2**31 must not wrap around.
+    assert validation.label_spec(SCHEMA, "id", 1) == LabelSpec("id", "scalar", 1, "int64")
     assert validation.label_spec(SCHEMA, "arr", 3) == LabelSpec("arr", "array", 3, "float32")
 
 
@@ -118,3 +122,31 @@ def test_safe_mode_refuses_lambda_layers_unless_opted_out():
         serialization.model_from_bytes(data)
     rebuilt = serialization.model_from_bytes(data, safe_mode=False)
     assert float(rebuilt(np.ones((1, 2), dtype="float32"))[0, 0]) == 2.0
+
+
+def test_a_validation_split_needs_a_training_row_per_worker_and_a_validation_row():
+    for strategy in ("mirrored", "parameter_server"):
+        validation.check_validation_split(4, 2, 0.2, strategy)  # enough: nothing raised
+        validation.check_validation_split(2, 2, 0.0, strategy)  # no split asked for
+    with pytest.raises(ValueError, match=r"validationFraction=0.2 cannot split 3 usable row"):
+        validation.check_validation_split(3, 2, 0.2, "mirrored")
+    # Parameter server: 0.2 of 2 rows rounds to no validation row at all.
+    with pytest.raises(
+        ValueError, match=r"Use more data or fewer workers, or validationFraction=0"
+    ):
+        validation.check_validation_split(2, 2, 0.2, "parameter_server")
+    with pytest.raises(ValueError, match=r"cannot split 3 usable row\(s\) for numWorkers=3"):
+        validation.check_validation_split(3, 3, 0.5, "parameter_server")
+
+
+def test_named_outputs_are_named_by_their_keys_in_keras_order():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8)(inputs)
+    heads = {"price": keras.layers.Dense(1)(hidden), "cls": keras.layers.Dense(3)(hidden)}
+    named = keras.Model(inputs, heads)
+    assert validation.model_output_names(named) == ("cls", "price")
+    assert [int(out.shape[-1]) for out in named.outputs] == [3, 1]  # the same order
+    listed = keras.Model(
+        inputs, [keras.layers.Dense(1, name="a")(hidden), keras.layers.Dense(2, name="b")(hidden)]
+    )
+    assert validation.model_output_names(listed) == ("a", "b")

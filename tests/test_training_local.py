@@ -13,7 +13,8 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import functions as F
 
-from sparkeras import SparkKerasEstimator, TrainingError
+from sparkeras import SparkKerasEstimator, TrainingError, validation
+from sparkeras.plan import FeatureSpec, LabelSpec
 
 pytestmark = pytest.mark.spark
 WIDTH = 10
@@ -394,6 +395,17 @@ def test_skip_invalid_rows_drops_and_trains(spark):
     ).fit(frame)
     assert sum(report["train_rows"] for report in result.workerReports) == 300
     assert all(math.isfinite(loss) for loss in result.history["loss"])
+
+
+def test_the_invalid_row_check_copes_with_integer_extremes_and_null_elements(spark):
+    # abs() of an int's minimum value fails under ANSI mode (Spark 4's default).
+    frame = spark.createDataFrame(
+        [([-2147483648, 2147483647], 1.0), ([0, None], 1.0)], "features array<int>, label double"
+    )
+    invalid = validation.invalid_rows(
+        FeatureSpec("features", "array", 2), LabelSpec("label", "scalar", 1, "float32")
+    )
+    assert [row[0] for row in frame.select(invalid).collect()] == [False, True]
 
 
 def test_bad_rows_found_by_the_workers_are_reported(spark):

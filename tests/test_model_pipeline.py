@@ -123,11 +123,20 @@ def test_model_cache_is_reused_and_keyed_by_content():
     first = serialization.model_to_bytes(binary_model(3))
     second = serialization.model_to_bytes(binary_model(3))
     objects = serialization.objects_to_bytes({})
-    a = inference._cached_model(inference.model_key(first), first, objects, True)
-    assert inference._cached_model(inference.model_key(first), first, objects, True) is a
-    b = inference._cached_model(inference.model_key(second), second, objects, True)
+    a = load_cached(first, objects)
+    assert load_cached(first, objects) is a
+    b = load_cached(second, objects)
     assert b is not a
-    assert list(inference._MODEL_CACHE) == [inference.model_key(second)]
+    assert list(inference._MODEL_CACHE) == [inference.model_key(second, objects, True)]
+    # The same bytes loaded with other custom objects or without safe mode are another entry.
+    assert inference.model_key(second, objects, False) != inference.model_key(second, objects, True)
+    other_objects = serialization.objects_to_bytes({"Dense": keras.layers.Dense})
+    assert load_cached(second, other_objects) is not b
+
+
+def load_cached(model_bytes: bytes, objects: bytes) -> inference.LoadedModel:
+    key = inference.model_key(model_bytes, objects, True)
+    return inference._cached_model(key, model_bytes, objects, True)
 
 
 def test_estimator_and_model_save_and_load(binary_fitted, binary_data, tmp_path):
@@ -347,11 +356,13 @@ def test_cached_models_are_frozen_out_of_the_collector_and_freed_when_replaced(s
         import pandas as pd
 
         inference._MODEL_CACHE.clear()
-        loaded = inference._cached_model(inference.model_key(first), first, objects, True)
+        loaded = inference._cached_model(
+            inference.model_key(first, objects, True), first, objects, True
+        )
         frozen_with_first = gc.get_freeze_count()
         old_model = weakref.ref(loaded.model)
         del loaded
-        inference._cached_model(inference.model_key(second), second, objects, True)
+        inference._cached_model(inference.model_key(second, objects, True), second, objects, True)
         gc.collect()
         for _ in frames:
             pass

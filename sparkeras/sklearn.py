@@ -12,8 +12,11 @@ nested parameters: ``model__*`` to the model-building callable, ``compile__*`` t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -82,6 +85,14 @@ class _KerasEstimator(BaseEstimator):
         # reports), in one private dict: public attributes set in __init__ must be the
         # signature's (scikit-learn's check_no_attributes_set_in_init).
         self._extra_params = dict(routed)
+
+    def __sklearn_clone__(self) -> _KerasEstimator:
+        """scikit-learn's clone, which deep-copies a ``keras.Model`` param: Keras rebuilds the
+        copy from its config, and unregistered custom layers need ``custom_objects`` for that."""
+        import keras
+
+        with keras.saving.custom_object_scope(self.custom_objects or {}):
+            return super().__sklearn_clone__()
 
     # ----------------------------------------------------------------------------- params
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -154,18 +165,15 @@ class _KerasEstimator(BaseEstimator):
         if first:
             self._learn_target_layout(y, classes)
             self.history_ = {}
-        if self.random_state is not None:
-            import keras
-
-            keras.utils.set_random_seed(self.random_state)
-        if first:
-            self.model_ = self._build_model(routed)
-        targets = self._encode_targets(y)
-        weights = self._sample_weights(X, y, sample_weight)
-        if self.num_workers is None:
-            history = self._fit_here(X, targets, weights, epochs, routed["fit"])
-        else:
-            history = self._fit_on_spark(X, targets, weights, epochs, routed["fit"])
+        with _seeded(self.random_state):
+            if first:
+                self.model_ = self._build_model(routed)
+            targets = self._encode_targets(y)
+            weights = self._sample_weights(X, y, sample_weight)
+            if self.num_workers is None:
+                history = self._fit_here(X, targets, weights, epochs, routed["fit"])
+            else:
+                history = self._fit_on_spark(X, targets, weights, epochs, routed["fit"])
         for key, values in history.items():
             self.history_.setdefault(key, []).extend(float(value) for value in values)
         return self
@@ -224,6 +232,7 @@ class _KerasEstimator(BaseEstimator):
             customObjects=self.custom_objects,
             seed=0 if self.random_state is None else self.random_state,
             weightCol="weight" if weights is not None else None,
+            verbose=self.verbose,
         )
         fitted = estimator.fit(frame)
         self.model_ = fitted.getKerasModel()
@@ -272,7 +281,9 @@ class _KerasEstimator(BaseEstimator):
                 f"model must be a compiled keras.Model or a callable returning one, got "
                 f"{type(self.model).__name__}."
             )
-        model.compile(**_compile_arguments(model, routed["compile"], routed["optimizer"]))
+        # Custom losses and metrics in the compile config need the custom objects to rebuild.
+        with keras.saving.custom_object_scope(self.custom_objects or {}):
+            model.compile(**_compile_arguments(model, routed["compile"], routed["optimizer"]))
         return model
 
     def _model_arguments(self, routed: dict[str, dict[str, Any]]) -> tuple[dict, dict]:
@@ -565,6 +576,25 @@ class KerasRegressor(RegressorMixin, _KerasEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed Keras (and TensorFlow) for a reproducible fit, leaving the caller's ``random`` and
+    ``numpy.random`` state as it was: scikit-learn estimators do not touch global random state,
+    and a user's own shuffling between ``partial_fit`` calls must not repeat."""
+    if seed is None:
+        yield
+        return
+    import keras
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _builder_arguments(builder: Any, arguments: tuple[dict, dict]) -> dict[str, Any]:

@@ -183,6 +183,36 @@ def test_pickle_round_trip_with_custom_objects_and_clone(tmp_path):
     assert fresh.get_params() == classifier.get_params()
 
 
+def halved_loss(y_true, y_pred):
+    """Not registered: only custom_objects carries it."""
+    return 0.5 * keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+
+def test_unregistered_custom_layers_losses_and_metrics_in_a_compiled_model_fit_and_clone():
+    features, labels = three_classes(seed=6)
+    model = keras.Sequential(
+        [keras.Input((features.shape[1],)), Halver(), keras.layers.Dense(3, activation="softmax")]
+    )
+    model.compile(optimizer="adam", loss=halved_loss, metrics=[halved_loss])
+    objects = {"Halver": Halver, "halved_loss": halved_loss}
+    classifier = KerasClassifier(model, epochs=2, random_state=0, custom_objects=objects)
+    # clone deep-copies the model param, which Keras rebuilds from its config.
+    cloned = clone(classifier)
+    assert isinstance(cloned.model, keras.Model) and cloned.model is not model
+    fitted = cloned.fit(features, labels)
+    assert set(fitted.history_) == {"loss", "halved_loss"}
+    assert fitted.history_["loss"][-1] == pytest.approx(fitted.history_["halved_loss"][-1])
+
+
+def test_random_state_leaves_the_callers_random_state_alone():
+    features, labels = three_classes(seed=7)
+    np.random.seed(123)
+    expected = np.random.permutation(10)
+    np.random.seed(123)
+    KerasClassifier(build_classifier, epochs=1, random_state=0).fit(features, labels)
+    assert np.random.permutation(10).tolist() == expected.tolist()
+
+
 def test_sample_weight_class_weight_partial_fit_and_warm_start():
     features, labels = separable(400, WIDTH, seed=6)
     labels = labels.astype(int)

@@ -305,12 +305,15 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
 
     def write(self) -> SparkKerasWriter:
         """Writer for ``save``; the Keras model is stored as ``model.keras``."""
-        files = {
-            "custom_objects.pkl": serialization.objects_to_bytes(self.getCustomObjects()),
-            "callbacks.pkl": serialization.objects_to_bytes(self.getCallbacks()),
-        }
+        custom_objects = self.getCustomObjects()
+        files = {"callbacks.pkl": serialization.objects_to_bytes(self.getCallbacks())}
         if self.isDefined(self.model):
             files["model.keras"] = serialization.model_to_bytes(self.getModel())
+            # Registered classes too: a fresh process may not have run their registration.
+            custom_objects = serialization.custom_objects_to_ship(
+                files["model.keras"], custom_objects
+            )
+        files["custom_objects.pkl"] = serialization.objects_to_bytes(custom_objects)
         return SparkKerasWriter(self, files)
 
     @classmethod
@@ -359,6 +362,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             raise ValueError("No model to train: pass model=<compiled keras.Model>.")
         model = self.getModel()
         validation.check_compiled_model(model)
+        validation.check_learning_rate_override(model, self.getLearningRate())
         strategy, num_workers, num_ps = self._cluster_shape()
         if strategy == "mirrored":
             per_worker = per_replica_batch_size(self.getBatchSize(), num_workers)

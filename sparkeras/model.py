@@ -153,6 +153,11 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
         """Set the number of rows per model call in ``transform``."""
         return self._set(inferenceBatchSize=value)
 
+    def setSafeMode(self, value: bool) -> SparkKerasModel:
+        """Set Keras safe mode for rebuilding the model (``False`` allows ``Lambda`` layers'
+        code: only for models you trust)."""
+        return self._set(safeMode=value)
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
         keras_model = self.getKerasModel()
         features = validation.feature_spec(dataset.schema, self.getFeaturesCol(), keras_model)

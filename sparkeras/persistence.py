@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any
 
+import pyspark
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
 from pyspark.sql import SparkSession
 
@@ -24,6 +25,14 @@ import sparkeras
 
 #: Params that hold Python objects; they are stored as files, not in the JSON metadata.
 OBJECT_PARAMS = ("model", "customObjects", "callbacks")
+
+#: PySpark >= 4.0 reads and writes ML metadata through a SparkSession (which Spark Connect
+#: has); PySpark 3.5 needs the SparkContext.
+METADATA_TAKES_SESSION = int(pyspark.__version__.split(".")[0]) >= 4
+
+
+def _metadata_context(spark: SparkSession) -> Any:
+    return spark if METADATA_TAKES_SESSION else spark.sparkContext
 
 
 class SparkKerasWriter(MLWriter):
@@ -43,7 +52,7 @@ class SparkKerasWriter(MLWriter):
         DefaultParamsWriter.saveMetadata(
             self.instance,
             path,
-            self.sparkSession,
+            _metadata_context(self.sparkSession),
             extraMetadata={"sparkerasVersion": sparkeras.__version__, "files": sorted(self.files)},
             paramMap=json_params,
         )
@@ -61,7 +70,7 @@ class SparkKerasReader(MLReader):
     def load(self, path: str) -> Any:
         expected = f"{self.cls.__module__}.{self.cls.__name__}"
         try:
-            metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+            metadata = DefaultParamsReader.loadMetadata(path, _metadata_context(self.sparkSession))
         except Exception as error:
             raise ValueError(
                 f"{path!r} is not a saved sparkeras model or estimator (no readable metadata): "

@@ -53,6 +53,17 @@ def check_compiled_model(model: Any) -> None:
         )
 
 
+def check_learning_rate_override(model: Any, learning_rate: float | None) -> None:
+    """``learningRate`` replaces a constant learning rate; it cannot replace a schedule."""
+    schedule = model.optimizer.get_config().get("learning_rate")
+    if learning_rate is not None and isinstance(schedule, dict):  # a serialised schedule
+        raise ValueError(
+            f"learningRate={learning_rate} cannot replace the model's learning-rate schedule "
+            f"({schedule.get('class_name')}). Unset learningRate, or compile the model with a "
+            "constant learning rate."
+        )
+
+
 def model_input_width(model: Any) -> int:
     """Width of the model's single flat input ``(batch, width)``."""
     shape = tuple(model.inputs[0].shape)

@@ -28,7 +28,7 @@ from pyspark.ml.tuning import (
     TrainValidationSplit,
 )
 
-from sparkeras import SparkKerasEstimator, SparkKerasModel, inference
+from sparkeras import SparkKerasEstimator, SparkKerasModel, inference, persistence
 
 pytestmark = pytest.mark.spark
 WIDTH = 6
@@ -148,6 +148,11 @@ def test_estimator_and_model_save_and_load(binary_fitted, binary_data, tmp_path)
     assert loaded.uid == estimator.uid
     assert (loaded.getEpochs(), loaded.getLearningRate(), loaded.getNumWorkers()) == (3, 0.02, 2)
     assert loaded.getModel().count_params() == estimator.getModel().count_params()
+    # PySpark 3.5's metadata functions take the SparkContext; 4.x takes either.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(persistence, "METADATA_TAKES_SESSION", False)
+        estimator.write().overwrite().save(str(tmp_path / "estimator"))
+        assert SparkKerasEstimator.load(str(tmp_path / "estimator")).uid == estimator.uid
 
     path = str(tmp_path / "model")
     binary_fitted.write().overwrite().save(path)
@@ -168,6 +173,24 @@ def test_estimator_and_model_save_and_load(binary_fitted, binary_data, tmp_path)
         SparkKerasModel.load(str(tmp_path / "estimator"))
     with pytest.raises(ValueError, match=r"not a saved sparkeras model"):
         SparkKerasModel.load(str(tmp_path / "nothing-here"))
+
+
+@keras.saving.register_keras_serializable("sparkeras_tests")
+class Identity(keras.layers.Layer):
+    def call(self, inputs):
+        return inputs
+
+
+def test_saved_estimators_carry_registered_custom_objects(spark, tmp_path):
+    """A fresh process may not have registered them: they travel like the fitted model's."""
+    model = keras.Sequential(
+        [keras.Input((WIDTH,)), Identity(), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    path = str(tmp_path / "estimator")
+    SparkKerasEstimator(model=model, customObjects={"extra": len}).save(path)
+    objects = SparkKerasEstimator.load(path).getCustomObjects()
+    assert objects == {"sparkeras_tests>Identity": Identity, "extra": len}
 
 
 def test_param_maps_with_foreign_or_string_keys_are_rejected(binary_data):
@@ -291,6 +314,15 @@ def test_models_with_a_dict_of_outputs_name_their_columns_by_key(spark):
     scored = SparkKerasModel.fromKerasModel(single).transform(frame).collect()
     expected = single.predict(rows, verbose=0)["score"][:, 0]
     np.testing.assert_allclose([r.prediction for r in scored], expected, rtol=1e-6)
+
+
+def test_lambda_models_transform_only_after_opting_out_of_safe_mode(spark):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x[:, :1] * 2.0)])
+    frame = spark.createDataFrame([([1.0, 2.0, 3.0],)], ["features"])
+    wrapped = SparkKerasModel.fromKerasModel(model)
+    with pytest.raises(Exception, match=r"safeMode=False"):
+        wrapped.transform(frame).collect()
+    assert wrapped.setSafeMode(False).transform(frame).first().prediction == 2.0
 
 
 def test_saturated_sigmoid_scores_keep_finite_raw_predictions():

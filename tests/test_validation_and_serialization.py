@@ -150,3 +150,13 @@ def test_named_outputs_are_named_by_their_keys_in_keras_order():
         inputs, [keras.layers.Dense(1, name="a")(hidden), keras.layers.Dense(2, name="b")(hidden)]
     )
     assert validation.model_output_names(listed) == ("a", "b")
+
+
+def test_learning_rate_cannot_replace_a_schedule():
+    model = binary_model(3)
+    validation.check_learning_rate_override(model, 0.5)  # a constant rate: replaced
+    decaying = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=100, decay_rate=0.9)
+    model.compile(optimizer=keras.optimizers.Adam(decaying), loss="binary_crossentropy")
+    validation.check_learning_rate_override(model, None)
+    with pytest.raises(ValueError, match=r"learningRate=0.5 cannot replace .*ExponentialDecay"):
+        validation.check_learning_rate_override(model, 0.5)

@@ -135,8 +135,11 @@ class FreshProcess:
 
     def go(self) -> None:
         assert self.process.stdin is not None
-        self.process.stdin.write(GO + b"\n")
-        self.process.stdin.close()
+        try:
+            self.process.stdin.write(GO + b"\n")
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass  # it died already (say, its import failed): wait() and its log tell why
 
     def wait(self, timeout: float) -> int | None:
         try:

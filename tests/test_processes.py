@@ -13,7 +13,7 @@ import pytest
 from conftest import array_frame, binary_model, separable
 
 from sparkeras import SparkKerasEstimator, launch
-from sparkeras.processes import ForkServer, ForkServerError, process_environment
+from sparkeras.processes import ForkServer, ForkServerError, FreshProcess, process_environment
 from sparkeras.worker import fork_server
 from sparkeras.worker.task import ERROR_FILE
 
@@ -166,3 +166,11 @@ def test_tensorflow_processes_retry_refused_connections_quickly(monkeypatch):
     assert env["TF_GRPC_DEFAULT_OPTIONS"] == (
         "grpc.keepalive_time_ms=60000,grpc.initial_reconnect_backoff_ms=50"
     )
+
+
+def test_starting_a_fresh_process_that_already_died_leaves_its_exit_code_to_report(tmp_path):
+    """Not a BrokenPipeError that hides the process's own error and log."""
+    process = FreshProcess(str(tmp_path), str(tmp_path / "log"), os.environ)
+    process.kill()
+    process.go()
+    assert process.wait(5) == -9

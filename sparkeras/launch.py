@@ -185,7 +185,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                         break
                 rendezvous_done = time.time()
                 release = functools.partial(_release, context, meeting_point, met_via, len(roles))
-                _check_rendezvous(peers, roles, plan.validation_fraction)
+                _check_rendezvous(peers, roles, plan.validation_fraction, checkpoint_dir)
                 assignment = WorkerAssignment(
                     rank=rank,
                     roles=roles,
@@ -403,12 +403,24 @@ def _fail(text: str) -> TrainingError:
     return TrainingError(f"{_FAILURE_START}\n{text}\n{_FAILURE_END}")
 
 
+def _fail_for_good(checkpoint_dir: str, text: str) -> TrainingError:
+    """A failure that every retry would repeat (the data's): recorded in a local checkpoint
+    directory, so that retried attempts fail at once (:func:`_fail_if_failed_before`) instead of
+    reading and converting the data again."""
+    if "://" not in checkpoint_dir and os.path.isdir(checkpoint_dir):
+        with open(os.path.join(checkpoint_dir, FAILURE_FILE), "w") as file:
+            file.write(text)
+    return _fail(text)
+
+
 def _check_rendezvous(
-    peers: list[dict[str, Any]], roles: list[Role], validation_fraction: float
+    peers: list[dict[str, Any]], roles: list[Role], validation_fraction: float, checkpoint_dir: str
 ) -> None:
     errors = [f"task {index}: {peer['error']}" for index, peer in enumerate(peers) if peer["error"]]
     if errors:
-        raise _fail("Reading the training data failed:\n" + "\n".join(errors))
+        raise _fail_for_good(
+            checkpoint_dir, "Reading the training data failed:\n" + "\n".join(errors)
+        )
     if len(peers) != len(roles):
         raise _fail(f"Expected {len(roles)} barrier tasks, got {len(peers)}.")
     if len({peer["address"] for peer in peers}) != len(peers):
@@ -416,14 +428,16 @@ def _check_rendezvous(
     rows = [peer["rows"] for peer in peers]
     empty = [index for index, role in enumerate(roles) if role == "worker" and rows[index] == 0]
     if empty:
-        raise _fail(
+        raise _fail_for_good(
+            checkpoint_dir,
             f"Worker task(s) {empty} received no rows (rows per task {rows}). "
-            "Use fewer workers or more data."
+            "Use fewer workers or more data.",
         )
     if "chief" in roles and validation_fraction > 0 and rows[roles.index("chief")] == 0:
-        raise _fail(
+        raise _fail_for_good(
+            checkpoint_dir,
             f"validationFraction={validation_fraction} left no validation rows for the "
-            "coordinator; use a larger fraction or more data."
+            "coordinator; use a larger fraction or more data.",
         )
 
 

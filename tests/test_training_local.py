@@ -413,8 +413,10 @@ def test_bad_rows_found_by_the_workers_are_reported(spark):
         [(Vectors.dense([1.0] * WIDTH), 1.0), (Vectors.dense([1.0] * 3), 0.0)],
         ["features", "label"],
     )
-    with pytest.raises(TrainingError, match=r"width 3, but the model expects 10"):
+    with pytest.raises(TrainingError, match=r"width 3, but the model expects 10") as failure:
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, batchSize=2).fit(frame)
+    # The error was recorded: the stage's retry failed at once, without reading the data again.
+    assert "An earlier attempt failed with this error" in str(failure.value)
 
 
 def test_too_many_workers_for_the_slots_fails_fast(spark, data):

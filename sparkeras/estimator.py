@@ -387,6 +387,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
                 "pip install 'sparkeras[tensorboard]' (or tensorboard), or unset logDir."
             )
         model_bytes = serialization.model_to_bytes(model)
+        launch.check_result_size(dataset.sparkSession, len(model_bytes))
         custom_objects = serialization.custom_objects_to_ship(model_bytes, self.getCustomObjects())
         # Rebuilding here turns "unknown layer" surprises on the executors into a driver error.
         serialization.model_from_bytes(model_bytes, custom_objects, safe_mode=self.getSafeMode())

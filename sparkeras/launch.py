@@ -106,6 +106,49 @@ def available_task_slots(spark: SparkSession) -> int | None:
         return None
 
 
+#: Spark's size suffixes, as powers of 1024 (a bare number is bytes).
+_SIZE_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+_RESULT_SIZE_FIX = (
+    "Set spark.driver.maxResultSize higher (e.g. '4g', or '0' for no limit) when the session "
+    "is created."
+)
+
+
+def max_result_bytes(spark: SparkSession) -> int | None:
+    """``spark.driver.maxResultSize`` in bytes; ``None`` when unlimited or unreadable.
+
+    The trained model returns to the driver as task results, which this setting caps.
+    """
+    try:
+        value = str(spark.conf.get("spark.driver.maxResultSize", "1g"))
+    except Exception:
+        return None
+    match = re.fullmatch(r"(\d+)([kmgtp]?)b?", value.strip().lower())
+    if match is None:
+        return None
+    return int(match.group(1)) * 1024 ** _SIZE_UNITS[match.group(2)] or None
+
+
+def check_result_size(spark: SparkSession, model_bytes: int) -> None:
+    """Fail before training when the model could not come back to the driver afterwards.
+
+    Examples
+    --------
+    >>> check_result_size(spark, 2 * 1024**3)  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    ValueError: The model is 2048 MiB before training ...
+    """
+    limit = max_result_bytes(spark)
+    if limit is not None and model_bytes >= limit:
+        raise ValueError(
+            f"The model is {model_bytes / 2**20:.0f} MiB before training (its optimizer state "
+            "adds more), but the trained model returns to the driver as task results, which "
+            f"spark.driver.maxResultSize caps at {limit / 2**20:.0f} MiB. {_RESULT_SIZE_FIX}"
+        )
+
+
 def check_task_slots(spark: SparkSession, plan_roles: list[Role]) -> None:
     """Fail fast instead of letting a barrier stage wait for slots that will never come."""
     slots = available_task_slots(spark)
@@ -228,7 +271,8 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 }
                 yield _result_batch(rank, "report", json.dumps(report).encode())
                 if rank == 0:
-                    # One small Arrow batch per chunk: a multi-GB model never becomes one value.
+                    # One small Arrow batch per chunk, so no single huge value; all of them
+                    # count against spark.driver.maxResultSize (see check_result_size).
                     with open(os.path.join(task_dir, "model.keras"), "rb") as file:
                         chunks = iter(lambda: file.read(CHUNK_BYTES), b"")
                         for seq, chunk in enumerate(chunks):
@@ -252,6 +296,14 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 rows = results.collect()
         except Exception as error:
             detail = _worker_failure(str(error))
+            too_large = re.search(
+                r"Total size of serialized results.*?maxResultSize \(.*?\)", str(error)
+            )
+            if detail is None and too_large:
+                detail = (
+                    f"The trained model could not return to the driver: {too_large.group(0)}. "
+                    + _RESULT_SIZE_FIX
+                )
             if detail is None:
                 raise
             raise TrainingError(detail) from None

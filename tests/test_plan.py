@@ -1,9 +1,10 @@
-"""Planning arithmetic, without Spark."""
+"""Planning arithmetic and driver-side limits, without Spark."""
 
 from __future__ import annotations
 
 import pytest
 
+from sparkeras import launch
 from sparkeras.plan import (
     FeatureSpec,
     LabelSpec,
@@ -116,3 +117,40 @@ def test_partition_keys_cover_every_partition():
     for partitions in (1, 2, 3, 8):
         keys = partition_keys(partitions)
         assert sorted(spark_hash_int(key) % partitions for key in keys) == list(range(partitions))
+
+
+class _Conf:
+    def __init__(self, value: str | None) -> None:
+        self.value = value
+
+    def get(self, key: str, default: str) -> str:
+        assert key == "spark.driver.maxResultSize"
+        return default if self.value is None else self.value
+
+
+class _Session:
+    def __init__(self, value: str | None) -> None:
+        self.conf = _Conf(value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (None, 2**30),
+        ("1g", 2**30),
+        ("512m", 2**29),
+        ("4GB", 2**32),
+        ("1048576", 2**20),
+        ("0", None),
+        ("lots", None),
+    ],
+)
+def test_max_result_size_is_read_like_spark(setting, expected):
+    assert launch.max_result_bytes(_Session(setting)) == expected
+
+
+def test_a_model_too_large_to_return_to_the_driver_is_refused_before_training():
+    launch.check_result_size(_Session("1g"), 2**30 - 1)
+    launch.check_result_size(_Session("0"), 2**40)  # no limit
+    with pytest.raises(ValueError, match=r"2048 MiB before training.*caps at 1024 MiB.*'0' for"):
+        launch.check_result_size(_Session(None), 2 * 2**30)

@@ -213,3 +213,40 @@ def test_task_directories_of_dead_workers_and_failed_attempts_are_removed(tmp_pa
     _remove_orphaned_task_dirs(str(tmp_path), me)
     remaining = sorted(p.name.removeprefix(TASK_DIR_PREFIX) for p in tmp_path.iterdir())
     assert remaining == ["being-created", "other-fit", "sibling"]
+
+
+def test_a_trained_model_too_large_for_max_result_size_is_a_clear_error(tmp_path):
+    """In a session of its own (the limit is fixed at start-up): the model passes the driver's
+    check (600 KB), but trained, with Adam's two slots per weight, it needs 1.8 MB of results."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import keras, numpy as np, pandas as pd
+        from sparkeras import SparkKerasEstimator, TrainingError, get_or_create_session
+        spark = get_or_create_session(
+            "local[2]", config={"spark.ui.enabled": "false", "spark.driver.maxResultSize": "1m"}
+        )
+        model = keras.Sequential(
+            [keras.Input((100,)), keras.layers.Dense(1500), keras.layers.Dense(1)]
+        )
+        model.compile(optimizer="adam", loss="mse")
+        frame = spark.createDataFrame(
+            pd.DataFrame(
+                {"features": list(np.random.default_rng(0).normal(size=(40, 100))), "label": 1.0}
+            )
+        )
+        try:
+            SparkKerasEstimator(model=model, numWorkers=2, batchSize=20).fit(frame)
+        except TrainingError as error:
+            print("ERROR:", error)
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    expected = "ERROR: The trained model could not return to the driver: Total size of serialized"
+    assert expected in completed.stdout, completed.stdout[-2000:] + completed.stderr[-3000:]
+    assert "Set spark.driver.maxResultSize higher" in completed.stdout

@@ -141,11 +141,6 @@ def _cached_model(
     key: str, model_bytes: bytes, custom_objects_bytes: bytes, safe_mode: bool
 ) -> LoadedModel:
     if key not in _MODEL_CACHE:
-        tf = _tensorflow_in_task()
-        # Each new model in a long-lived Python worker traces its predict function once; TF
-        # counts those traces together and warns about "retracing" that is expected here.
-        tf.get_logger().setLevel("ERROR")
-
         from sparkeras.serialization import model_from_bytes, objects_from_bytes
 
         if _MODEL_CACHE:
@@ -153,9 +148,13 @@ def _cached_model(
             gc.unfreeze()  # the old model's reference cycles must be collected before the next
             gc.collect()  # freeze, or they would stay in memory for good
         custom_objects = objects_from_bytes(custom_objects_bytes)
-        _MODEL_CACHE[key] = LoadedModel(
-            model_from_bytes(model_bytes, custom_objects, safe_mode=safe_mode)
-        )
+        with _tensorflow_in_task() as tf:  # loading the model starts TensorFlow's runtime
+            # Each new model in a long-lived Python worker traces its predict function once; TF
+            # counts those traces together and warns about "retracing" that is expected here.
+            tf.get_logger().setLevel("ERROR")
+            _MODEL_CACHE[key] = LoadedModel(
+                model_from_bytes(model_bytes, custom_objects, safe_mode=safe_mode)
+            )
         _freeze_in_task()
     return _MODEL_CACHE[key]
 
@@ -178,25 +177,38 @@ def _freeze_in_task() -> None:
         gc.freeze()
 
 
-def _tensorflow_in_task() -> Any:
-    """Import TensorFlow limited to the task's CPUs and GPUs (see ``sparkeras.devices``).
+@contextlib.contextmanager
+def _tensorflow_in_task() -> Iterator[Any]:
+    """TensorFlow limited to the task's CPUs and GPUs (see ``sparkeras.devices``), for a block
+    that starts its runtime.
 
-    Several Python workers share an executor's cores and GPUs. The limits only take effect on
-    TensorFlow's first import in this Python worker; a worker where it already ran keeps them.
+    Several Python workers share an executor's cores and GPUs. The limits only take effect when
+    TensorFlow first starts in this Python worker; a worker where it already ran keeps them. The
+    device variables are set for the block only: the same Python worker may run a training task
+    later, whose device choice and fork server must see the user's environment, not these.
     """
     from pyspark import TaskContext
 
     context = TaskContext.get()
-    if context is not None and "tensorflow" not in sys.modules:
-        os.environ.update(tensorflow_environment(task_gpu_addresses(context), os.environ))
-    with _native_stderr_silenced():  # TensorFlow's import banner would reach the console
-        import keras  # noqa: F401
-        import tensorflow as tf
+    first_start = context is not None and "tensorflow" not in sys.modules
+    changes = tensorflow_environment(task_gpu_addresses(context), os.environ) if first_start else {}
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        with _native_stderr_silenced():  # TensorFlow's import banner would reach the console
+            import keras  # noqa: F401
+            import tensorflow as tf
 
-    if context is not None:
-        with contextlib.suppress(RuntimeError):  # TensorFlow already ran in this worker
-            limit_threads(tf, 0, context.cpus())
-    return tf
+        if context is not None:
+            with contextlib.suppress(RuntimeError):  # TensorFlow already ran in this worker
+                limit_threads(tf, 0, context.cpus())
+        yield tf
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

@@ -316,6 +316,26 @@ def test_models_with_a_dict_of_outputs_name_their_columns_by_key(spark):
     np.testing.assert_allclose([r.prediction for r in scored], expected, rtol=1e-6)
 
 
+@pytest.mark.skipif("CUDA_VISIBLE_DEVICES" in os.environ, reason="needs it unset")
+def test_transform_leaves_the_python_workers_environment_as_it_was(
+    spark, binary_fitted, binary_data
+):
+    """Its device variables would otherwise reach later training tasks in the same worker."""
+    binary_fitted.transform(binary_data).collect()
+
+    def environment(frames):
+        import os
+
+        import pandas as pd
+
+        for _ in frames:
+            pass
+        yield pd.DataFrame({"cuda": [os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")]})
+
+    seen = spark.range(8, numPartitions=8).mapInPandas(environment, "cuda string").collect()
+    assert {row.cuda for row in seen} == {"<unset>"}
+
+
 def test_lambda_models_transform_only_after_opting_out_of_safe_mode(spark):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x[:, :1] * 2.0)])
     frame = spark.createDataFrame([([1.0, 2.0, 3.0],)], ["features"])

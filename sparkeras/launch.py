@@ -245,7 +245,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     file.write(assignment.to_json())
                 if "ps" in roles and role != "chief":
                     # A parameter-server cluster's servers run until the coordinator is done.
-                    restarts = worker.serve(rank, release=release)
+                    restarts = worker.serve(rank, release=release, restartable=role == "worker")
                     report = {
                         "rank": rank,
                         "role": role,
@@ -605,12 +605,15 @@ class _WorkerProcess:
         if exit_code != 0:
             raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
 
-    def serve(self, rank: int, release: Callable[[], Any]) -> int:
+    def serve(self, rank: int, release: Callable[[], Any], restartable: bool) -> int:
         """Keep a parameter-server cluster's server running until ``release`` returns.
 
-        ``release`` blocks until the coordinator is done. A server that dies meanwhile is
-        restarted on the same address, up to :data:`MAX_SERVER_RESTARTS` times: TensorFlow's
-        coordinator reschedules a lost worker's steps and resumes using it once it is back.
+        ``release`` blocks until the coordinator is done. A ``restartable`` (worker) server
+        that dies meanwhile is restarted on the same address, up to :data:`MAX_SERVER_RESTARTS`
+        times: TensorFlow's coordinator reschedules a lost worker's steps and resumes using it
+        once it is back. A parameter server is not: a new one would come back without the
+        variables it held, so its loss fails the task, and the stage is retried from the last
+        checkpoint.
 
         Returns
         -------
@@ -633,7 +636,7 @@ class _WorkerProcess:
             exit_code = process.wait(SERVER_POLL_SECONDS)
             if exit_code is None or not waiter.is_alive():
                 continue
-            if restarts == MAX_SERVER_RESTARTS:
+            if not restartable or restarts == MAX_SERVER_RESTARTS:
                 raise _fail(_describe_failure(self.task_dir, rank, exit_code, self.log_path))
             restarts += 1
             process.kill()  # closes a forked process's connection

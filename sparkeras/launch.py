@@ -386,6 +386,20 @@ def _fail_if_failed_before(checkpoint_dir: str) -> None:
             raise _fail(f"{file.read()}\n{REPEATED_FAILURE_NOTE}")
 
 
+def process_namespace() -> str:
+    """Where a pid names this process: the host, its boot, and the PID namespace (a container).
+
+    A ``stagingDir`` shared between hosts or containers holds directories whose owners' pids
+    mean nothing here.
+    """
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as file:
+        parts.append(file.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return "/".join(parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskOwner:
     """Who made a task directory: written into it, read by :func:`_remove_orphaned_task_dirs`."""
@@ -397,6 +411,8 @@ class TaskOwner:
     rank: int
     #: Spark's task attempt id, unique in the application and growing with each attempt.
     task: int
+    #: Where ``pid`` is meaningful (:func:`process_namespace`).
+    namespace: str = dataclasses.field(default_factory=process_namespace)
 
 
 def _make_task_dir(staging_dir: str | None, owner: TaskOwner) -> str:
@@ -427,7 +443,7 @@ def _remove_orphaned_task_dirs(root: str, me: TaskOwner) -> None:
     A directory is an orphan when its task's Python worker is gone, or when an earlier attempt
     of this task (same fit and rank) made it: Spark gives a killed task's Python worker
     ``spark.python.task.killTimeout`` (2 s) before it destroys it, and a quick retry can be
-    done before that.
+    done before that. Whether a worker is gone is only judged in its own PID namespace.
     """
     for entry in os.scandir(root):
         if not entry.name.startswith(TASK_DIR_PREFIX) or not entry.is_dir():
@@ -438,6 +454,8 @@ def _remove_orphaned_task_dirs(root: str, me: TaskOwner) -> None:
             if (owner.run, owner.rank) == (me.run, me.rank) and owner.task < me.task:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 continue
+            if owner.namespace != me.namespace:
+                continue  # another host's or container's: its pid means nothing here
             os.kill(owner.pid, 0)  # raises when the task's Python worker is gone
         except ProcessLookupError:
             shutil.rmtree(entry.path, ignore_errors=True)

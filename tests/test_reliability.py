@@ -248,6 +248,8 @@ def test_task_directories_of_dead_workers_and_failed_attempts_are_removed(tmp_pa
         "earlier-attempt": TaskOwner(alive, run="this", rank=0, task=10),
         "sibling": TaskOwner(alive, run="this", rank=1, task=11),
         "other-fit": TaskOwner(alive, run="other", rank=0, task=4),
+        # A shared stagingDir: another host's (or container's) pids mean nothing here.
+        "other-host": TaskOwner(dead.pid, run="other", rank=0, task=5, namespace="elsewhere"),
     }
     for name, owner in owners.items():
         directory = tmp_path / f"{TASK_DIR_PREFIX}{name}"
@@ -257,7 +259,7 @@ def test_task_directories_of_dead_workers_and_failed_attempts_are_removed(tmp_pa
 
     _remove_orphaned_task_dirs(str(tmp_path), me)
     remaining = sorted(p.name.removeprefix(TASK_DIR_PREFIX) for p in tmp_path.iterdir())
-    assert remaining == ["being-created", "other-fit", "sibling"]
+    assert remaining == ["being-created", "other-fit", "other-host", "sibling"]
 
 
 def test_a_trained_model_too_large_for_max_result_size_is_a_clear_error(tmp_path):

@@ -297,3 +297,20 @@ def test_a_trained_model_too_large_for_max_result_size_is_a_clear_error(tmp_path
     expected = "ERROR: The trained model could not return to the driver: Total size of serialized"
     assert expected in completed.stdout, completed.stdout[-2000:] + completed.stderr[-3000:]
     assert "Set spark.driver.maxResultSize higher" in completed.stdout
+
+
+def test_a_checkpoint_remembers_that_training_stopped_early(tmp_path):
+    """A stage re-run after EarlyStopping ended the fit (a lost shuffle output) must not train
+    the remaining epochs."""
+    from sparkeras.worker import checkpoint
+
+    saver = checkpoint.EpochCheckpoint(str(tmp_path), is_chief=True, state=None)
+    saver.set_model(binary_model(WIDTH))
+    saver.on_epoch_end(0, {"loss": 0.6})
+    assert checkpoint.first_epoch(checkpoint.read_state(str(tmp_path)), epochs=5) == 1
+    saver.model.stop_training = True  # as EarlyStopping does, before this callback
+    saver.on_epoch_end(1, {"loss": 0.5})
+    state = checkpoint.read_state(str(tmp_path))
+    assert (state["epochs_done"], state["stopped"]) == (2, True)
+    assert checkpoint.first_epoch(state, epochs=5) == 5  # nothing left to run
+    assert state["history"] == {"loss": [0.6, 0.5]}

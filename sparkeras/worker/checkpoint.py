@@ -3,7 +3,7 @@
 The run's directory (``TrainingPlan.checkpoint_dir``, one per ``fit`` call, any path TensorFlow's
 file system can write) holds, after each completed epoch, ``epoch-<n>.keras`` (weights and
 optimizer state, written by the chief only) and then ``state.json``
-(``{"epochs_done", "history", "model_file"}``), replaced atomically: a reader sees either the
+(``{"epochs_done", "stopped", "history", "model_file"}``), replaced atomically: a reader sees the
 previous checkpoint or the new one. It also holds ``failure.txt`` when a worker failed with an
 error that a retry would only repeat (see :func:`is_retryable`).
 """
@@ -39,6 +39,22 @@ def read_state(directory: str) -> dict[str, Any] | None:
         return None
     with tf.io.gfile.GFile(path, "r") as file:
         return json.loads(file.read())
+
+
+def first_epoch(state: dict[str, Any] | None, epochs: int) -> int:
+    """The epoch a (retried) attempt starts at: the one after the last checkpoint, or ``epochs``
+    (nothing left to run) when training had stopped early, by EarlyStopping or a NaN loss.
+
+    Examples
+    --------
+    >>> first_epoch(None, 5), first_epoch({"epochs_done": 2}, 5)
+    (0, 2)
+    >>> first_epoch({"epochs_done": 2, "stopped": True}, 5)
+    5
+    """
+    if state is None:
+        return 0
+    return epochs if state.get("stopped") else state["epochs_done"]
 
 
 def read_model(directory: str, state: dict[str, Any]) -> bytes:
@@ -112,7 +128,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
             local = os.path.join(scratch, model_file)
             self.model.save(local)
             tf.io.gfile.copy(local, _join(self.directory, model_file), overwrite=True)
-        state = {"epochs_done": epochs_done, "history": self.history, "model_file": model_file}
+        state = {
+            "epochs_done": epochs_done,
+            # Set by the callbacks before this one (EarlyStopping, StopOnNaN): a stage re-run
+            # after the end (a lost shuffle output) must not train the remaining epochs.
+            "stopped": bool(self.model.stop_training),
+            "history": self.history,
+            "model_file": model_file,
+        }
         partial = _join(self.directory, STATE_FILE + ".partial")
         with tf.io.gfile.GFile(partial, "w") as file:
             file.write(json.dumps(state))

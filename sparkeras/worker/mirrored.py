@@ -62,7 +62,7 @@ def train(
     register_shipped_objects(custom_objects)
     # A retried stage resumes from the last completed epoch: weights, optimizer state, history.
     model, state = checkpoint.model_to_train(plan, strategy, custom_objects)
-    initial_epoch = state["epochs_done"] if state else 0
+    initial_epoch = checkpoint.first_epoch(state, plan.epochs)
     callbacks = objects_from_bytes(plan.callbacks_bytes)
     if assignment.rank == 0:
         callbacks += chief_callbacks(plan)
@@ -116,7 +116,7 @@ def train(
         ),
         on_train_end=finish,
     )
-    if initial_epoch >= plan.epochs:  # the previous attempt died after its last checkpoint
+    if initial_epoch >= plan.epochs:  # an earlier attempt ended training, then was lost
         finish(None)
     # Endless, so that Keras does not count a known length down by steps_per_execution steps
     # per call: an epoch's last call runs fewer steps, and Keras would end the last epoch early.

@@ -81,7 +81,7 @@ def coordinate(
     keras.utils.set_random_seed(plan.seed)
     # A retried stage resumes from the last completed epoch: weights, optimizer state, history.
     model, state = checkpoint.model_to_train(plan, strategy, custom_objects)
-    initial_epoch = state["epochs_done"] if state else 0
+    initial_epoch = checkpoint.first_epoch(state, plan.epochs)
     with strategy.scope():
         # Metric, loss and optimizer variables must exist (on the parameter servers) before the
         # first step: a step runs remotely, where no variable can be created.

@@ -216,7 +216,12 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     rows, error = 0, f"{type(shard_error).__name__}: {shard_error}"
                 executor = context.getTaskInfos()[rank].address
                 host = executor.rsplit(":", 1)[0]
-                message = {"rows": rows, "shard_dir": shard_dir, "error": error}
+                message = {
+                    "rows": rows,
+                    "shard_dir": shard_dir,
+                    "error": error,
+                    "sees_checkpoints": _can_see(checkpoint_dir),
+                }
                 shard_written = time.time()
                 for round_number in range(RENDEZVOUS_ROUNDS):  # until all drew distinct ports
                     message["address"] = f"{host}:{_free_port()}"
@@ -239,8 +244,13 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     cpus=context.cpus(),
                     executor=executor,
                 )
+                checkpoints_shared = all(peer["sees_checkpoints"] for peer in peers)
                 with open(os.path.join(task_dir, "plan.json"), "w") as file:
-                    file.write(plan_json)
+                    file.write(
+                        plan_json
+                        if checkpoints_shared
+                        else _private_checkpoints(plan_json, task_dir)
+                    )
                 with open(os.path.join(task_dir, "assignment.json"), "w") as file:
                     file.write(assignment.to_json())
                 if "ps" in roles and role != "chief":
@@ -262,6 +272,7 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                 report["task_gpus"] = gpus
                 report["worker_process"] = worker.how
                 report["rendezvous"] = met_via
+                report["checkpoints"] = "shared" if checkpoints_shared else "not shared"
                 report["task_started_at"] = started
                 report["log_tail"] = _log_tail(worker.log_path)
                 report["task_seconds"] = {
@@ -372,6 +383,26 @@ def _cancelled_on_interrupt(spark: SparkSession) -> Iterator[None]:
         raise
     finally:
         remove(tag)
+
+
+def _can_see(checkpoint_dir: str) -> bool:
+    """Whether this executor sees the fit's checkpoint directory (a remote one is assumed to be
+    visible everywhere; the TensorFlow processes use it through TensorFlow's file system)."""
+    return "://" in checkpoint_dir or os.path.isdir(checkpoint_dir)
+
+
+def _private_checkpoints(plan_json: str, task_dir: str) -> str:
+    """The plan with a checkpoint directory of this task's own.
+
+    For a fit whose checkpoint directory some executors do not see (the default, a temporary
+    directory on the driver, on a cluster of several hosts): workers that resumed from it while
+    others could not would start from different epochs and weights, and hang or diverge. With
+    directories of their own, no attempt resumes; each starts over.
+    """
+    plan = TrainingPlan.from_json(plan_json)
+    directory = os.path.join(task_dir, "checkpoints")
+    os.makedirs(directory, exist_ok=True)
+    return dataclasses.replace(plan, checkpoint_dir=directory).to_json()
 
 
 def _fail_if_failed_before(checkpoint_dir: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sparkeras import launch
@@ -66,8 +68,8 @@ def test_validation_rows_are_equal_on_every_worker_and_leave_training_rows():
     assert validation_rows_per_worker([10, 2], 0.5) == 1  # the small shard keeps one row
 
 
-def test_plan_and_assignment_survive_json():
-    plan = TrainingPlan(
+def example_plan(**changes) -> TrainingPlan:
+    values = dict(
         model_bytes=b"\x00model",
         custom_objects_bytes=b"objects",
         callbacks_bytes=b"callbacks",
@@ -82,6 +84,11 @@ def test_plan_and_assignment_survive_json():
         seed=5,
         safe_mode=True,
     )
+    return TrainingPlan(**{**values, **changes})
+
+
+def test_plan_and_assignment_survive_json():
+    plan = example_plan()
     assert TrainingPlan.from_json(plan.to_json()) == plan
     assignment = WorkerAssignment(
         1, ["worker", "worker"], ["a:1", "b:2"], [10, 12], ["/s0", "/s1"], "/r", 2, "e:3"
@@ -92,6 +99,20 @@ def test_plan_and_assignment_survive_json():
         "cluster": {"worker": ["a:1", "b:2"]},
         "task": {"type": "worker", "index": 1},
     }
+
+
+def test_a_checkpoint_directory_not_every_executor_sees_is_replaced_by_private_ones(tmp_path):
+    """Workers resuming from different epochs would hang or diverge: none resumes instead."""
+    shared = tmp_path / "fit-1"
+    shared.mkdir()
+    assert launch._can_see(str(shared))
+    assert not launch._can_see(str(tmp_path / "on-the-driver-only"))
+    assert launch._can_see("hdfs://namenode/checkpoints/fit-1")  # TensorFlow's to judge
+    plan = example_plan(checkpoint_dir=str(shared))
+    private = TrainingPlan.from_json(launch._private_checkpoints(plan.to_json(), str(tmp_path)))
+    assert private.checkpoint_dir == str(tmp_path / "checkpoints")
+    assert os.path.isdir(private.checkpoint_dir)
+    assert private == example_plan(checkpoint_dir=private.checkpoint_dir)  # nothing else changed
 
 
 def test_parameter_server_roles_and_tf_config():

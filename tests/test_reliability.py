@@ -65,6 +65,7 @@ def test_a_killed_process_is_retried_and_training_resumes_from_the_checkpoint(
     ).fit(frame)
     assert (tmp_path / "killed").exists()  # the fault really happened
     chief = result.workerReports[0]
+    assert {report["checkpoints"] for report in result.workerReports} == {"shared"}
     assert chief["resumed_from_epoch"] in ((1, 2) if strategy == "mirrored" else (1,))
     assert chief["epochs_run"] == 4 - chief["resumed_from_epoch"]  # only the missing epochs
     assert all(len(values) == 4 for values in result.history.values())  # exactly `epochs`

@@ -87,7 +87,8 @@ def _explain_load_error(error: Exception) -> str:
     if "safe_mode" in message or "Lambda" in message:
         return (
             f"Keras refused to load the model in safe mode: {_first_line(message)}\n"
-            "Lambda layers carry pickled Python code. Set safeMode=False only if you trust the model."
+            "Lambda layers carry pickled Python code. Set safeMode=False (safe_mode=False in the "
+            "scikit-learn estimators) only if you trust the model."
         )
     missing = sorted(set(re.findall(r"Could not locate (?:class|function) '([^']+)'", message)))
     if missing:

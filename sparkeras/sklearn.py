@@ -67,6 +67,7 @@ class _KerasEstimator(BaseEstimator):
         num_workers: int | None = None,
         strategy: str = "mirrored",
         num_ps: int | None = None,
+        safe_mode: bool = True,
         **routed: Any,
     ) -> None:
         self.model = model
@@ -81,6 +82,7 @@ class _KerasEstimator(BaseEstimator):
         self.num_workers = num_workers
         self.strategy = strategy
         self.num_ps = num_ps
+        self.safe_mode = safe_mode
         # Every keyword the signature does not name (routed params, or a typo that ``fit``
         # reports), in one private dict: public attributes set in __init__ must be the
         # signature's (scikit-learn's check_no_attributes_set_in_init).
@@ -233,6 +235,7 @@ class _KerasEstimator(BaseEstimator):
             seed=0 if self.random_state is None else self.random_state,
             weightCol="weight" if weights is not None else None,
             verbose=self.verbose,
+            safeMode=self.safe_mode,
         )
         fitted = estimator.fit(frame)
         self.model_ = fitted.getKerasModel()
@@ -262,7 +265,9 @@ class _KerasEstimator(BaseEstimator):
                 )
             validation.check_compiled_model(self.model)
             model = serialization.model_from_bytes(
-                serialization.model_to_bytes(self.model), self.custom_objects or {}
+                serialization.model_to_bytes(self.model),
+                self.custom_objects or {},
+                safe_mode=self.safe_mode,
             )
         elif callable(self.model):
             model = self.model(**_builder_arguments(self.model, self._model_arguments(routed)))
@@ -319,7 +324,9 @@ class _KerasEstimator(BaseEstimator):
         state = dict(self.__dict__)
         for name in ("model", "model_"):
             if isinstance(state.get(name), keras.Model):
-                state[name] = _PickledModel.of(state[name], self.custom_objects or {})
+                state[name] = _PickledModel.of(
+                    state[name], self.custom_objects or {}, self.safe_mode
+                )
         # A model function, custom objects and callbacks from a script or notebook travel by
         # value, as they do to Spark's executors.
         if callable(state.get("model")) and not isinstance(state["model"], _PickledModel):
@@ -339,23 +346,26 @@ class _KerasEstimator(BaseEstimator):
 class _PickledModel:
     """A Keras model inside a pickle: ``.keras`` bytes and its cloudpickled custom objects."""
 
-    def __init__(self, model_bytes: bytes, objects_bytes: bytes) -> None:
+    def __init__(self, model_bytes: bytes, objects_bytes: bytes, safe_mode: bool = True) -> None:
         self.model_bytes = model_bytes
         self.objects_bytes = objects_bytes
+        self.safe_mode = safe_mode
 
     @classmethod
-    def of(cls, model: Any, custom_objects: dict) -> _PickledModel:
+    def of(cls, model: Any, custom_objects: dict, safe_mode: bool) -> _PickledModel:
         from sparkeras import serialization
 
         model_bytes = serialization.model_to_bytes(model)
         shipped = serialization.custom_objects_to_ship(model_bytes, custom_objects)
-        return cls(model_bytes, serialization.objects_to_bytes(shipped))
+        return cls(model_bytes, serialization.objects_to_bytes(shipped), safe_mode)
 
     def load(self) -> Any:
         from sparkeras import serialization
 
         custom_objects = serialization.objects_from_bytes(self.objects_bytes)
-        return serialization.model_from_bytes(self.model_bytes, custom_objects)
+        return serialization.model_from_bytes(
+            self.model_bytes, custom_objects, safe_mode=self.safe_mode
+        )
 
 
 class _PickledByValue:
@@ -409,6 +419,9 @@ class KerasClassifier(ClassifierMixin, _KerasEstimator):
         The distribution strategy on Spark.
     num_ps : int, optional
         Parameter servers for ``strategy="parameter_server"``.
+    safe_mode : bool
+        Keras safe mode for rebuilding the model (``False`` allows ``Lambda`` layers' code,
+        only for models you trust).
     **routed
         ``model__*``, ``compile__*``, ``optimizer__*`` and ``fit__*`` params.
 
@@ -441,6 +454,7 @@ class KerasClassifier(ClassifierMixin, _KerasEstimator):
         num_workers: int | None = None,
         strategy: str = "mirrored",
         num_ps: int | None = None,
+        safe_mode: bool = True,
         **routed: Any,
     ) -> None:
         super().__init__(
@@ -456,6 +470,7 @@ class KerasClassifier(ClassifierMixin, _KerasEstimator):
             num_workers=num_workers,
             strategy=strategy,
             num_ps=num_ps,
+            safe_mode=safe_mode,
             **routed,
         )
         self.class_weight = class_weight

@@ -204,6 +204,23 @@ def test_unregistered_custom_layers_losses_and_metrics_in_a_compiled_model_fit_a
     assert fitted.history_["loss"][-1] == pytest.approx(fitted.history_["halved_loss"][-1])
 
 
+def test_lambda_models_need_safe_mode_off_to_fit_and_unpickle():
+    features, labels = three_classes(seed=8)
+    model = keras.Sequential(
+        [
+            keras.Input((features.shape[1],)),
+            keras.layers.Lambda(lambda x: x * 0.5),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(Exception, match=r"(?s)safe mode.*safe_mode=False in the scikit-learn"):
+        KerasClassifier(model, epochs=1).fit(features, labels)
+    trusted = KerasClassifier(model, epochs=1, safe_mode=False).fit(features, labels)
+    restored = pickle.loads(pickle.dumps(trusted))
+    np.testing.assert_array_equal(restored.predict_proba(features), trusted.predict_proba(features))
+
+
 def test_random_state_leaves_the_callers_random_state_alone():
     features, labels = three_classes(seed=7)
     np.random.seed(123)

@@ -444,8 +444,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         if strategy == "mirrored":
             if num_ps is not None:
                 raise ValueError(
-                    f"numPs={num_ps} is only used with strategy='parameter_server'; "
-                    "unset numPs, or set strategy='parameter_server'."
+                    f"numPs={num_ps} is only used with strategy='parameter_server'; unset numPs "
+                    "(estimator.clear(estimator.numPs)), or set strategy='parameter_server'."
                 )
             return strategy, num_workers, 0
         return strategy, num_workers, 1 if num_ps is None else num_ps

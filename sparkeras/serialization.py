@@ -84,18 +84,20 @@ def model_from_bytes(
 
 def _explain_load_error(error: Exception) -> str:
     message = str(error)
-    if "safe_mode" in message or "Lambda" in message:
-        return (
-            f"Keras refused to load the model in safe mode: {_first_line(message)}\n"
-            "Lambda layers carry pickled Python code. Set safeMode=False (safe_mode=False in the "
-            "scikit-learn estimators) only if you trust the model."
-        )
+    # First: a missing custom class may well have "Lambda" in its name.
     missing = sorted(set(re.findall(r"Could not locate (?:class|function) '([^']+)'", message)))
     if missing:
         example = ", ".join(f'"{name}": {name.split(">")[-1]}' for name in missing)
         return (
-            f"The model uses custom object(s) {missing} that Keras cannot find when it rebuilds the "
-            f"model on the executors. Pass them through customObjects, e.g. customObjects={{{example}}}."
+            f"The model uses custom object(s) {missing} that Keras cannot find when it rebuilds "
+            "the model on the executors. Pass them through customObjects, e.g. "
+            f"customObjects={{{example}}}."
+        )
+    if "safe_mode" in message:
+        return (
+            f"Keras refused to load the model in safe mode: {_first_line(message)}\n"
+            "Lambda layers carry pickled Python code. Set safeMode=False (safe_mode=False in the "
+            "scikit-learn estimators) only if you trust the model."
         )
     return f"Keras could not rebuild the model: {_first_line(message)}"
 

@@ -331,7 +331,7 @@ class _KerasEstimator(BaseEstimator):
         # value, as they do to Spark's executors.
         if callable(state.get("model")) and not isinstance(state["model"], _PickledModel):
             state["model"] = _PickledByValue.of(state["model"])
-        for name in ("custom_objects", "callbacks"):
+        for name in ("custom_objects", "callbacks", "_extra_params"):  # routed params too
             if state.get(name):
                 state[name] = _PickledByValue.of(state[name])
         return state

@@ -161,8 +161,19 @@ def test_pickle_round_trip_with_custom_objects_and_clone(tmp_path):
 
     with pytest.raises(ValueError, match="model__unused is not an argument of the model callable"):
         KerasClassifier(build, model__unused=None).fit(features, labels)
-    # A local function (as in a notebook) and an unregistered layer both survive pickling.
-    classifier = KerasClassifier(build, epochs=3, random_state=0, custom_objects={"Halver": Halver})
+
+    def local_loss(y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+    # Local functions (as in a notebook), routed ones too, and an unregistered layer all
+    # survive pickling.
+    classifier = KerasClassifier(
+        build,
+        epochs=3,
+        random_state=0,
+        custom_objects={"Halver": Halver, "local_loss": local_loss},
+        compile__loss=local_loss,
+    )
     classifier.fit(features, labels)
     restored = pickle.loads(pickle.dumps(classifier))
     expected = classifier.predict_proba(features)

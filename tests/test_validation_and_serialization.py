@@ -124,6 +124,13 @@ def test_safe_mode_refuses_lambda_layers_unless_opted_out():
     assert float(rebuilt(np.ones((1, 2), dtype="float32"))[0, 0]) == 2.0
 
 
+def test_a_missing_custom_class_is_named_even_with_lambda_in_its_name():
+    error = TypeError("Could not locate class 'MyLambdaBlock'. Make sure custom classes are ...")
+    explained = serialization._explain_load_error(error)
+    assert 'customObjects={"MyLambdaBlock": MyLambdaBlock}' in explained
+    assert "safe mode" not in explained
+
+
 def test_a_validation_split_needs_a_training_row_per_worker_and_a_validation_row():
     for strategy in ("mirrored", "parameter_server"):
         validation.check_validation_split(4, 2, 0.2, strategy)  # enough: nothing raised

@@ -46,6 +46,7 @@ from sparkeras.plan import (
     WorkerAssignment,
 )
 from sparkeras.processes import (
+    NO_EXIT_CODE,
     ForkServer,
     ForkServerError,
     FreshProcess,
@@ -713,6 +714,11 @@ def _describe_failure(task_dir: str, rank: int, exit_code: int, log_path: str) -
     if os.path.exists(error_path):
         with open(error_path) as file:
             cause = file.read().strip()
+    elif exit_code == NO_EXIT_CODE:  # a forked process that could not announce its end
+        cause = (
+            "The TensorFlow process ended without an exit code: it was killed (a SIGKILL, often "
+            "the out-of-memory killer) or crashed."
+        )
     else:
         cause = f"The TensorFlow process exited with code {exit_code} (signal or crash)."
     return f"Training worker {rank} failed.\n{cause}\n--- last lines of worker {rank}'s log ---\n{tail}"

@@ -174,3 +174,14 @@ def test_starting_a_fresh_process_that_already_died_leaves_its_exit_code_to_repo
     process.kill()
     process.go()
     assert process.wait(5) == -9
+
+
+def test_a_forked_process_killed_without_an_exit_code_is_described_as_killed(tmp_path):
+    """A forked child is the fork server's: when it is SIGKILLed (say, out of memory) it cannot
+    announce its exit code, and the task only sees its connection close."""
+    from sparkeras.processes import NO_EXIT_CODE
+
+    (tmp_path / "worker.log").write_text("epoch 1\n")
+    text = launch._describe_failure(str(tmp_path), 1, NO_EXIT_CODE, str(tmp_path / "worker.log"))
+    assert "Training worker 1 failed.\nThe TensorFlow process ended without an exit code" in text
+    assert "out-of-memory killer" in text and "epoch 1" in text

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import inspect
 import random
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,7 +94,9 @@ class _KerasEstimator(BaseEstimator):
         copy from its config, and unregistered custom layers need ``custom_objects`` for that."""
         import keras
 
-        with keras.saving.custom_object_scope(self.custom_objects or {}):
+        with keras.saving.custom_object_scope(self.custom_objects or {}), warnings.catch_warnings():
+            # A compiled model's unbuilt optimizer has nothing to restore (as in serialization).
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
             return super().__sklearn_clone__()
 
     # ----------------------------------------------------------------------------- params

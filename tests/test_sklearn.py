@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -207,8 +208,10 @@ def test_unregistered_custom_layers_losses_and_metrics_in_a_compiled_model_fit_a
     model.compile(optimizer="adam", loss=halved_loss, metrics=[halved_loss])
     objects = {"Halver": Halver, "halved_loss": halved_loss}
     classifier = KerasClassifier(model, epochs=2, random_state=0, custom_objects=objects)
-    # clone deep-copies the model param, which Keras rebuilds from its config.
-    cloned = clone(classifier)
+    # clone deep-copies the model param, which Keras rebuilds from its config (quietly).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        cloned = clone(classifier)
     assert isinstance(cloned.model, keras.Model) and cloned.model is not model
     fitted = cloned.fit(features, labels)
     assert set(fitted.history_) == {"loss", "halved_loss"}

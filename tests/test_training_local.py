@@ -337,10 +337,19 @@ def test_embedding_models_also_train_the_same_in_fewer_calls(spark):
 
 def test_repeated_fits_in_one_session_are_reproducible(data):
     _, _, frame = data
-    estimator = SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, epochs=2, batchSize=64)
+    model = keras.Sequential(
+        [
+            keras.Input((WIDTH,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.3),  # its masks too: seeded before the model is rebuilt
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    estimator = SparkKerasEstimator(model=model, numWorkers=2, epochs=2, batchSize=64)
     # With the module's earlier fits, the session has run many barrier stages by now.
     first, second = estimator.fit(frame), estimator.fit(frame)
-    assert first.history["accuracy"][-1] >= 0.85
+    assert first.history["loss"][-1] < first.history["loss"][0]
     assert sum(report["train_rows"] for report in first.workerReports) == 2000
     # Same seed, same shards, same starting weights: the same training.
     assert second.history == first.history

@@ -60,6 +60,8 @@ def train(
     patches = keras_compat.apply() if plan.num_workers > 1 else []
     custom_objects = objects_from_bytes(plan.custom_objects_bytes)
     register_shipped_objects(custom_objects)
+    # Before the model is rebuilt: random layers (Dropout) draw their seeds as they are built.
+    keras.utils.set_random_seed(plan.seed)
     # A retried stage resumes from the last completed epoch: weights, optimizer state, history.
     model, state = checkpoint.model_to_train(plan, strategy, custom_objects)
     initial_epoch = checkpoint.first_epoch(state, plan.epochs)
@@ -83,7 +85,6 @@ def train(
     train_rows, val_rows = data.split_validation(shard.rows, held_out, plan.seed + assignment.rank)
     seed = plan.seed * 7919 + assignment.rank
 
-    keras.utils.set_random_seed(plan.seed)  # dropout and other random ops, same on all workers
     epoch_starts: list[float] = []
     epoch_seconds: list[float] = []
 

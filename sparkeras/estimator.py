@@ -363,6 +363,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         model = self.getModel()
         validation.check_compiled_model(model)
         validation.check_learning_rate_override(model, self.getLearningRate())
+        validation.check_callbacks(self.getCallbacks())
         strategy, num_workers, num_ps = self._cluster_shape()
         if strategy == "mirrored":
             per_worker = per_replica_batch_size(self.getBatchSize(), num_workers)

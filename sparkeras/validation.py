@@ -53,6 +53,20 @@ def check_compiled_model(model: Any) -> None:
         )
 
 
+def check_callbacks(callbacks: list | None) -> None:
+    """Refuse callbacks that cannot work on the workers."""
+    import keras
+
+    for callback in callbacks or []:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            raise ValueError(
+                "keras.callbacks.BackupAndRestore cannot be used: sparkeras checkpoints every "
+                "epoch itself and resumes retried stages from there (set checkpointDir to choose "
+                "where), and in Keras 3 every worker would write the same backup directory. "
+                "Remove it from callbacks."
+            )
+
+
 def check_learning_rate_override(model: Any, learning_rate: float | None) -> None:
     """``learningRate`` replaces a constant learning rate; it cannot replace a schedule."""
     schedule = model.optimizer.get_config().get("learning_rate")

@@ -272,6 +272,52 @@ def test_callbacks_and_early_stopping_end_all_workers_together(data):
     assert result.history["marker"] == [0.0, 10.0]
 
 
+class StopOnWorkerOne(keras.callbacks.Callback):
+    """Asks to stop from a batch hook on worker 1 only, as TerminateOnNaN would on local logs."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        import json
+        import os
+
+        if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
+            self.model.stop_training = True
+
+
+def test_file_writing_callbacks_and_one_workers_stop_request(data, tmp_path):
+    """Keras 3 callbacks have no chief logic: only the chief writes the user's files, and a stop
+    asked on one worker ends every worker after that epoch instead of stalling the others."""
+    _, _, frame = data
+    log, saved = tmp_path / "log.csv", tmp_path / "best.keras"
+    callbacks = [
+        keras.callbacks.CSVLogger(str(log)),
+        keras.callbacks.ModelCheckpoint(str(saved)),
+        StopOnWorkerOne(),
+    ]
+    started = time.monotonic()
+    result = SparkKerasEstimator(
+        model=binary_model(WIDTH),
+        numWorkers=2,
+        epochs=4,
+        batchSize=64,
+        stallTimeout=60,
+        callbacks=callbacks,
+    ).fit(frame)
+    assert time.monotonic() - started < 50  # not a stall
+    assert [report["epochs_run"] for report in result.workerReports] == [1, 1]
+    assert len(result.history["loss"]) == 1
+    assert log.read_text().splitlines()[0].startswith("epoch,")
+    assert len(log.read_text().splitlines()) == 2  # the chief's header and one epoch, once
+    restored = keras.models.load_model(saved)
+    np.testing.assert_array_equal(
+        restored.get_weights()[0], result.getKerasModel().get_weights()[0]
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best.keras", "log.csv"]
+    with pytest.raises(ValueError, match=r"BackupAndRestore cannot be used.*checkpointDir"):
+        SparkKerasEstimator(
+            model=binary_model(WIDTH), callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path))]
+        ).fit(frame)
+
+
 class CountBatchCalls(keras.callbacks.Callback):
     """Writes how often Keras called back per training batch into the epoch logs."""
 

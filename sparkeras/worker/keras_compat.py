@@ -24,6 +24,11 @@ multi-worker mode.
    our training datasets repeat, and every worker runs exactly ``steps_per_epoch`` steps.
    This is not version-gated: it only uses ``strategy.run``, ``train_step`` and ``test_step``.
 
+4. Keras 3's callbacks have no chief logic. :func:`write_files_privately` keeps the non-chief
+   workers' file-writing callbacks out of the user's paths, and :class:`StopTogether` makes a
+   stop that one worker's callback requests from a batch hook (on local per-step logs) end
+   every worker at the same epoch.
+
 The patches are applied only inside sparkeras' own TensorFlow worker processes (never on import
 of ``sparkeras``), only on the Keras versions they were written for, and only once.
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -165,3 +171,52 @@ def _distributed_step(model: Any, step_function: Any) -> Callable[[Any], Any]:
         return tf.nest.map_structure(_local_value, outputs)
 
     return tf.function(one_step, reduce_retracing=True, jit_compile=model.jit_compile)
+
+
+def write_files_privately(callbacks: list[Any], directory: str) -> None:
+    """Point a non-chief worker's file-writing Keras callbacks into its task directory.
+
+    Keras 3's ``ModelCheckpoint``, ``CSVLogger`` and ``TensorBoard`` have no chief logic: every
+    worker would write the same file at once (a ``.keras`` file is not written atomically), or
+    files would land on every executor's disk. The chief's (worker 0's) are the ones the user
+    gets; the others go with the task directory.
+    """
+    os.makedirs(directory, exist_ok=True)
+    for callback in callbacks:
+        for kind, attribute in (
+            (keras.callbacks.ModelCheckpoint, "filepath"),
+            (keras.callbacks.CSVLogger, "filename"),
+            (keras.callbacks.TensorBoard, "log_dir"),
+        ):
+            if isinstance(callback, kind):
+                name = os.path.basename(str(getattr(callback, attribute)).rstrip("/"))
+                setattr(callback, attribute, os.path.join(directory, name))
+
+
+class StopTogether(keras.callbacks.Callback):
+    """Ends training on every worker at the same epoch when any worker's callback asked to stop
+    during the epoch.
+
+    Per-step logs are each worker's own (see above), so a callback that stops from a batch hook
+    (``TerminateOnNaN``, a time limit) may fire on one worker only; that worker would leave the
+    epoch while the others wait in the next step's all-reduce. The request is held until the
+    epoch ends, where the workers agree on it in one all-reduce. Put it after the user's
+    callbacks.
+    """
+
+    def __init__(self, strategy: Any) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.requested = False
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self.model.stop_training:
+            self.requested = True
+            self.model.stop_training = False
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        vote = tf.constant(1.0 if self.requested else 0.0)
+        votes = self.strategy.reduce("SUM", self.strategy.run(lambda: vote + 0.0), axis=None)
+        if float(votes) > 0:
+            self.model.stop_training = True
+        self.requested = False

@@ -68,6 +68,10 @@ def train(
     callbacks = objects_from_bytes(plan.callbacks_bytes)
     if assignment.rank == 0:
         callbacks += chief_callbacks(plan)
+    else:
+        keras_compat.write_files_privately(
+            callbacks, os.path.join(assignment.result_dir, "callback-files")
+        )
     epoch_checkpoint = checkpoint.EpochCheckpoint(
         plan.checkpoint_dir, is_chief=assignment.rank == 0, state=state
     )
@@ -154,6 +158,7 @@ def train(
         callbacks=[
             *callbacks,
             checkpoint.StopOnNaN(),
+            keras_compat.StopTogether(strategy),
             epoch_checkpoint,
             Heartbeat(os.path.join(assignment.result_dir, HEARTBEAT_FILE)),
             *(

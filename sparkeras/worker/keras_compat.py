@@ -1,6 +1,6 @@
 """Make Keras 3 ``model.fit`` work under MultiWorkerMirroredStrategy with 2+ workers.
 
-Upstream bug keras-team/keras#20585 (open for Keras 3.0 - 3.15): two private call sites in
+Upstream bug keras-team/keras#20585 (open as of Keras 3.15): two private call sites in
 ``keras/src/backend/tensorflow/trainer.py`` break as soon as ``strategy.extended`` is in
 multi-worker mode.
 
@@ -44,8 +44,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-#: Keras versions checked against this module: ``[first, last]`` inclusive on (major, minor).
-SUPPORTED_KERAS = ((3, 0), (3, 15))
+#: Keras versions this module is written for: ``[first, last]`` inclusive on (major, minor).
+#: 3.11 is the first whose epoch iterator yields ``(begin, end, iterator)``, as the patched
+#: ``_maybe_symbolic_build`` and the in-graph steps expect (3.5-3.10 yield pairs, and 3.0-3.4
+#: have no ``_maybe_symbolic_build``); 3.15 is the last one run here.
+SUPPORTED_KERAS = ((3, 11), (3, 15))
 
 _APPLIED_MARKER = "_sparkeras_patched"
 

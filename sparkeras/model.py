@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -161,7 +160,6 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         keras_model = self.getKerasModel()
         features = validation.feature_spec(dataset.schema, self.getFeaturesCol(), keras_model)
-        features = dataclasses.replace(features, storage="dense")
         multi_output = len(keras_model.outputs) > 1
         output = OutputSpec(
             mode="multi_output"

@@ -75,7 +75,7 @@ def write_shard(
                 continue
             feature_column = batch.column(features.column)
             if features.storage == "sparse":
-                row_nnz, cols, values = _to_coo(feature_column, features)
+                row_nnz, cols, values = features_to_coo(feature_column, features)
                 files["values.f32"].write(values.tobytes())
                 files["indices.i32"].write(cols.astype(np.int32, copy=False).tobytes())
                 files["row_nnz.i64"].write(row_nnz.astype(np.int64, copy=False).tobytes())
@@ -145,8 +145,11 @@ def _list_parts(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return lengths.astype(np.int64, copy=False), flat
 
 
-def _to_coo(column: pa.Array, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row entry counts, column indices and float32 values of a Vector column.
+def features_to_coo(
+    column: pa.Array, spec: FeatureSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row entry counts, column indices and float32 values of a Vector column (CSR
+    without the offsets): how sparse-input models get their rows, in shards and in inference.
 
     Only Vector columns get here: sparse storage requires one (``validation.feature_spec``).
     """
@@ -186,7 +189,7 @@ def features_to_dense(
         lengths, values = _list_parts(source)
         _check_widths(lengths, spec)
         return _to_float32(values.reshape(rows, spec.width), spec.column, out=target)
-    lengths, cols, values = _to_coo(column, spec)
+    lengths, cols, values = features_to_coo(column, spec)
     if target is None:
         target = np.zeros((rows, spec.width), dtype=np.float32)
     else:

@@ -11,6 +11,7 @@ import textwrap
 import keras
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from conftest import array_frame, binary_model, separable
 from pyspark.ml import Pipeline, PipelineModel
@@ -343,6 +344,41 @@ def test_lambda_models_transform_only_after_opting_out_of_safe_mode(spark):
     with pytest.raises(Exception, match=r"safeMode=False"):
         wrapped.transform(frame).collect()
     assert wrapped.setSafeMode(False).transform(frame).first().prediction == 2.0
+
+
+def test_sparse_input_models_predict_from_sparse_rows_without_densifying(monkeypatch):
+    """A batch of 10,000 rows of 2^18 hashed features would be 10 GB dense."""
+    from sparkeras import serialization
+    from sparkeras.plan import FeatureSpec
+    from sparkeras.shards import VECTOR_ARROW_TYPE
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,), sparse=True), keras.layers.Dense(2)])
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(7, 5)) * (rng.random((7, 5)) < 0.5)
+    rows = [
+        {"type": 0, "size": 5, "indices": np.flatnonzero(row).tolist(), "values": row[row != 0]}
+        if index % 2
+        else {"type": 1, "size": None, "indices": None, "values": row.tolist()}
+        for index, row in enumerate(dense)
+    ]
+    column = pa.array(rows, VECTOR_ARROW_TYPE)
+
+    def never(*args, **kwargs):
+        raise AssertionError("densified")
+
+    monkeypatch.setattr(inference, "features_to_dense", never)
+    predictor = inference.BatchPredictor(
+        model_bytes=serialization.model_to_bytes(model),
+        custom_objects_bytes=serialization.objects_to_bytes({}),
+        safe_mode=True,
+        features=FeatureSpec("features", "vector", 5, "sparse"),
+        output=inference.OutputSpec(mode="regression", width=2, prediction_col="prediction"),
+        batch_size=3,  # calls of 3 + 3 + 1 rows
+    )
+    (predicted,) = predictor._partition_predictor()(column)
+    expected = model.predict(dense.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_saturated_sigmoid_scores_keep_finite_raw_predictions():

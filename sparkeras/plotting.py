@@ -26,10 +26,8 @@ def plot_history(history: dict[str, list[float]], path: str | None = None) -> An
     >>> from sparkeras import plot_history
     >>> plot_history(fitted.history, "history.png")  # doctest: +SKIP
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)  # no display needed to write a file
+    # A Figure made without pyplot needs no backend, so the user's (a notebook's, Tk's) is left
+    # alone, and writing a file needs no display.
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 

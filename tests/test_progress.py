@@ -89,8 +89,16 @@ def test_the_progress_server_ignores_connections_without_the_secret():
 
 
 def test_plot_history_writes_a_png(tmp_path):
+    import matplotlib
+
     history = {"loss": [0.7, 0.4, 0.3], "val_loss": [0.8, 0.5, 0.45], "accuracy": [0.5, 0.8, 0.9]}
-    figure = plot_history(history, str(tmp_path / "history.png"))
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # as a user's own choice
+    try:
+        figure = plot_history(history, str(tmp_path / "history.png"))
+        assert matplotlib.get_backend() == "svg"  # left alone
+    finally:
+        matplotlib.use(backend)
     assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [axis.get_title() for axis in figure.axes] == ["loss", "accuracy"]  # loss first
     assert len(figure.axes[0].lines) == 2  # train and validation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import keras
@@ -553,6 +554,35 @@ def test_a_validation_split_of_too_few_rows_is_refused_on_the_driver(data):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=2, validationFraction=0.2).fit(
             frame.limit(3)
         )
+
+
+def test_a_script_started_by_spark_submit_keeps_its_master_and_python(monkeypatch):
+    from pyspark.sql import SparkSession
+
+    from sparkeras import get_or_create_session
+
+    calls = []
+
+    class Builder:
+        def __getattr__(self, name):
+            def record(*args):
+                calls.append((name, args))
+                return self
+
+            return record
+
+        def getOrCreate(self):
+            return "a session"
+
+    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: None))
+    monkeypatch.setattr(SparkSession, "builder", Builder())
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")  # what spark-submit's runner sets
+    assert get_or_create_session() == "a session"
+    assert [name for name, _ in calls if name == "master"] == []
+    assert ("config", ("spark.pyspark.python", sys.executable)) not in calls
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT")
+    get_or_create_session()
+    assert ("master", ("local[*]",)) in calls
 
 
 def test_default_session_runs_executors_on_this_python(spark):

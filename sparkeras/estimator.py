@@ -349,7 +349,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             history=history,
             worker_reports=result.reports,
         )
-        if not address:  # no live progress reached the driver: show the epochs now
+        if not display.epochs_shown:  # no live progress reached the driver: show the epochs now
             self._print_history(fitted.history)
         return self._copyValues(fitted)
 

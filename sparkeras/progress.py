@@ -73,6 +73,8 @@ class ProgressDisplay:
         self._lock = threading.Lock()
         self._handle = _notebook_handle() if verbose == 1 else None
         self._live = self._handle is not None or (verbose == 1 and self.stream.isatty())
+        #: Epochs shown from live events; none when the chief could not reach the driver.
+        self.epochs_shown = 0
 
     def __call__(self, event: Event) -> None:
         if self.verbose <= 0:
@@ -85,6 +87,7 @@ class ProgressDisplay:
                 self._show(self._line(event), final=False)
             elif kind == "epoch_end":
                 self._show(self._line(event), final=True)
+                self.epochs_shown += 1
 
     def _line(self, event: Event) -> str:
         epoch, epochs = event.get("epoch", 0), event.get("epochs", 0)

@@ -74,6 +74,26 @@ def test_one_line_per_epoch_with_verbose_two():
     assert silent.getvalue() == ""
 
 
+def test_epochs_are_printed_at_the_end_when_no_live_progress_arrived(spark, monkeypatch, capsys):
+    """A chief that cannot reach the driver (a firewall, an unresolvable driver host)."""
+    import contextlib
+
+    from sparkeras import progress
+
+    @contextlib.contextmanager
+    def unreachable(spark, display):
+        yield "127.0.0.1:9", "secret"  # the discard port: nothing listens there
+
+    monkeypatch.setattr(progress, "progress_channel", unreachable)
+    features, labels = separable(600, WIDTH)
+    fitted = SparkKerasEstimator(
+        model=binary_model(WIDTH), numWorkers=2, epochs=2, batchSize=60, verbose=2
+    ).fit(array_frame(spark, features, labels))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch ")]
+    assert [line.split(" - ")[0] for line in lines] == ["Epoch 1/2", "Epoch 2/2"]
+    assert f"loss: {fitted.history['loss'][-1]:.4f}" in lines[-1]
+
+
 def test_the_progress_server_ignores_connections_without_the_secret():
     events = []
     with ProgressServer("localhost", events.append) as server:

@@ -95,9 +95,9 @@ class LoadedModel:
         predict = self.predict_functions[key]
         ends = np.cumsum(row_nnz)
         outputs = []
-        for start in range(0, len(row_nnz), batch_size):
+        for start in range(0, max(len(row_nnz), 1), batch_size):  # one empty call for no rows
             stop = min(start + batch_size, len(row_nnz))
-            first, last = (ends[start - 1] if start else 0), ends[stop - 1]
+            first, last = (ends[start - 1] if start else 0), (ends[stop - 1] if stop else 0)
             rows = np.repeat(np.arange(stop - start, dtype=np.int64), row_nnz[start:stop])
             indices = np.stack([rows, cols[first:last].astype(np.int64)], axis=1)
             chunk = tf.SparseTensor(indices, values[first:last], (stop - start, width))

@@ -245,7 +245,9 @@ def run_training(shards: DataFrame, plan: TrainingPlan) -> TrainingResult:
                     cpus=context.cpus(),
                     executor=executor,
                 )
-                checkpoints_shared = all(peer["sees_checkpoints"] for peer in peers)
+                # Those that use checkpoints: every worker (mirrored), or the coordinator.
+                checkpointing = [peers[roles.index("chief")]] if "ps" in roles else peers
+                checkpoints_shared = all(peer["sees_checkpoints"] for peer in checkpointing)
                 with open(os.path.join(task_dir, "plan.json"), "w") as file:
                     file.write(
                         plan_json
@@ -419,14 +421,12 @@ def _fail_if_failed_before(checkpoint_dir: str) -> None:
 
 
 def process_namespace() -> str:
-    """Where a pid names this process: the host, its boot, and the PID namespace (a container).
+    """Where a pid names this process: the host and the PID namespace (a container).
 
     A ``stagingDir`` shared between hosts or containers holds directories whose owners' pids
     mean nothing here.
     """
     parts = [socket.gethostname()]
-    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as file:
-        parts.append(file.read().strip())
     with contextlib.suppress(OSError):
         parts.append(os.readlink("/proc/self/ns/pid"))
     return "/".join(parts)

@@ -36,7 +36,7 @@ from sparkeras.worker import fork_server
 from sparkeras.worker.task import EXIT, GO
 
 #: Exit code reported for a forked process that ended without announcing one (killed, crashed).
-NO_EXIT_CODE = -1
+NO_EXIT_CODE = -1000  # no signal number or exit status: a fresh process killed by SIGHUP is -1
 #: Seconds a task waits for a fork server to come up (it imports TensorFlow first).
 START_TIMEOUT = 120.0
 #: Environment variables that change what importing TensorFlow does; part of a server's key.

@@ -340,6 +340,7 @@ class _KerasEstimator(BaseEstimator):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("safe_mode", True)  # pickled before the param existed
         for name, value in state.items():
             if isinstance(value, (_PickledModel, _PickledByValue)):
                 state[name] = value.load()
@@ -348,6 +349,8 @@ class _KerasEstimator(BaseEstimator):
 
 class _PickledModel:
     """A Keras model inside a pickle: ``.keras`` bytes and its cloudpickled custom objects."""
+
+    safe_mode = True  # for pickles made before it was recorded
 
     def __init__(self, model_bytes: bytes, objects_bytes: bytes, safe_mode: bool = True) -> None:
         self.model_bytes = model_bytes

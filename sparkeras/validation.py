@@ -69,7 +69,8 @@ def check_callbacks(callbacks: list | None) -> None:
 
 def check_learning_rate_override(model: Any, learning_rate: float | None) -> None:
     """``learningRate`` replaces a constant learning rate; it cannot replace a schedule."""
-    schedule = model.optimizer.get_config().get("learning_rate")
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # mixed precision
+    schedule = optimizer.get_config().get("learning_rate")
     if learning_rate is not None and isinstance(schedule, dict):  # a serialised schedule
         raise ValueError(
             f"learningRate={learning_rate} cannot replace the model's learning-rate schedule "
@@ -305,7 +306,7 @@ def check_validation_split(rows: int, num_workers: int, fraction: float, strateg
 
     Examples
     --------
-    >>> check_validation_split(3, num_workers=2, fraction=0.2, strategy="mirrored")
+    >>> check_validation_split(3, 2, 0.2, "mirrored")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     ValueError: validationFraction=0.2 cannot split 3 usable row(s) for numWorkers=2: ...

@@ -376,9 +376,11 @@ def test_sparse_input_models_predict_from_sparse_rows_without_densifying(monkeyp
         output=inference.OutputSpec(mode="regression", width=2, prediction_col="prediction"),
         batch_size=3,  # calls of 3 + 3 + 1 rows
     )
-    (predicted,) = predictor._partition_predictor()(column)
+    predict = predictor._partition_predictor()
+    (predicted,) = predict(column)
     expected = model.predict(dense.astype(np.float32), verbose=0)
     np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
+    assert predict(column.slice(0, 0))[0].shape == (0, 2)  # an empty batch
 
 
 def test_saturated_sigmoid_scores_keep_finite_raw_predictions():

@@ -235,6 +235,18 @@ def test_lambda_models_need_safe_mode_off_to_fit_and_unpickle():
     np.testing.assert_array_equal(restored.predict_proba(features), trusted.predict_proba(features))
 
 
+def test_estimators_pickled_before_safe_mode_existed_still_load():
+    features, labels = three_classes(seed=9)
+    fitted = KerasClassifier(build_classifier, epochs=1, random_state=0).fit(features, labels)
+    state = fitted.__getstate__()
+    del state["safe_mode"]  # as pickled by an earlier version
+    del state["model_"].safe_mode
+    restored = KerasClassifier.__new__(KerasClassifier)
+    restored.__setstate__(state)
+    assert restored.get_params()["safe_mode"] is True
+    np.testing.assert_array_equal(restored.predict(features), fitted.predict(features))
+
+
 def test_random_state_leaves_the_callers_random_state_alone():
     features, labels = three_classes(seed=7)
     np.random.seed(123)

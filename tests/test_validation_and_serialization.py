@@ -168,3 +168,25 @@ def test_learning_rate_cannot_replace_a_schedule():
     validation.check_learning_rate_override(model, None)
     with pytest.raises(ValueError, match=r"learningRate=0.5 cannot replace .*ExponentialDecay"):
         validation.check_learning_rate_override(model, 0.5)
+    scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(decaying))  # mixed precision
+    model.compile(optimizer=scaled, loss="binary_crossentropy")
+    with pytest.raises(ValueError, match=r"cannot replace .*ExponentialDecay"):
+        validation.check_learning_rate_override(model, 0.5)
+
+
+def test_stop_requests_are_voted_on_at_the_epoch_end():
+    import tensorflow as tf
+
+    stopper = keras_compat.StopTogether(tf.distribute.get_strategy())
+    stopper.set_model(binary_model(3))
+    stopper.model.stop_training = True  # asked from a batch hook on this worker
+    stopper.on_train_batch_end(0)
+    assert not stopper.model.stop_training  # held: the other workers go on with the epoch
+    stopper.on_epoch_end(0)
+    assert stopper.model.stop_training  # everyone stops after it
+    stopper.model.stop_training = False
+    stopper.on_epoch_end(1)
+    assert not stopper.model.stop_training
+    stopper.model.stop_training = True  # asked at the epoch's end from this worker's own state
+    stopper.on_epoch_end(2)
+    assert stopper.model.stop_training

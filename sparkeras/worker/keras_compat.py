@@ -203,9 +203,14 @@ class StopTogether(keras.callbacks.Callback):
     Per-step logs are each worker's own (see above), so a callback that stops from a batch hook
     (``TerminateOnNaN``, a time limit) may fire on one worker only; that worker would leave the
     epoch while the others wait in the next step's all-reduce. The request is held until the
-    epoch ends, where the workers agree on it in one all-reduce. Put it after the user's
+    epoch ends, where the workers agree on it in one all-reduce, with any stop a callback asked
+    for at the epoch's end from the worker's own state (a time limit). Put it after the user's
     callbacks.
     """
+
+    #: Its batch hook must not switch off Keras' callback thread where a backend has one (Keras 3
+    #: uses it with thread-safe backends only, not TensorFlow's).
+    async_safe = True
 
     def __init__(self, strategy: Any) -> None:
         super().__init__()
@@ -218,7 +223,7 @@ class StopTogether(keras.callbacks.Callback):
             self.model.stop_training = False
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        vote = tf.constant(1.0 if self.requested else 0.0)
+        vote = tf.constant(1.0 if self.requested or self.model.stop_training else 0.0)
         votes = self.strategy.reduce("SUM", self.strategy.run(lambda: vote + 0.0), axis=None)
         if float(votes) > 0:
             self.model.stop_training = True

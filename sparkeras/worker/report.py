@@ -91,7 +91,7 @@ class Heartbeat(keras.callbacks.Callback):
     The Spark task watches the file and fails when it goes stale (``stallTimeout``).
     """
 
-    #: Keras may run these hooks on its callback thread: the training loop never waits on them.
+    #: Safe on Keras' callback thread (which Keras 3 uses with thread-safe backends only).
     async_safe = True
 
     def __init__(self, path: str) -> None:

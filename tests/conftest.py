@@ -128,11 +128,14 @@ def spark_jobs(spark) -> int:
     return len(spark.sparkContext.statusTracker().getJobIdsForGroup())
 
 
-def kill_once_callback(marker: str, epoch: int):
-    """A Keras callback that SIGKILLs its own process at the end of ``epoch``, once per marker.
+def kill_once_callback(marker: str, epoch: int, task: int | None = None):
+    """A Keras callback that SIGKILLs a TensorFlow process at the end of ``epoch``, once per
+    marker, as a lost executor, a lost machine or an OOM kill would.
 
-    The first process to create ``marker`` dies, as a lost executor or an OOM kill would; every
-    later call (the other worker, a retried attempt) does nothing.
+    ``task=None``: the process running the callback (the first to create ``marker``); every later
+    call (the other worker, a retried attempt) does nothing. ``task=N``: barrier task ``N``'s
+    process, found by the log it writes (``sparkeras-taskN-*/worker.log``), from the process
+    running the callback (the parameter-server coordinator).
     """
     import keras
 
@@ -144,7 +147,15 @@ def kill_once_callback(marker: str, epoch: int):
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
             except FileExistsError:
                 return
-            os.kill(os.getpid(), 9)
+            if task is None:
+                os.kill(os.getpid(), 9)
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    log = os.readlink(f"/proc/{pid}/fd/1")
+                except OSError:
+                    continue
+                if f"/sparkeras-task{task}-" in log and log.endswith("/worker.log"):
+                    os.kill(int(pid), 9)
 
     return KillOnce()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import keras
@@ -13,6 +11,7 @@ import tensorflow as tf
 from conftest import (
     array_frame,
     binary_model,
+    kill_once_callback,
     restart_session,
     separable,
     spark_jobs,
@@ -137,24 +136,12 @@ def test_sparse_vectors_weights_and_a_steps_override(spark4):
     assert result.history["val_loss"][-1] < 0.6
 
 
-class KillWorkerOnce(keras.callbacks.Callback):
-    """Kills worker task 1's TensorFlow server after the first epoch, as a lost machine would."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch != 0:
-            return
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:  # a training process writes to its task's log: sparkeras-task1-*/worker.log
-                log = os.readlink(f"/proc/{pid}/fd/1")
-            except OSError:
-                continue
-            if "/sparkeras-task1-" in log and "/worker.log" in log:
-                os.kill(int(pid), signal.SIGKILL)
-
-
-def test_a_lost_worker_is_restarted_and_training_completes(data):
+def test_a_lost_worker_is_restarted_and_training_completes(data, tmp_path):
     _, _, frame = data
-    result = parameter_server_estimator(epochs=3, callbacks=[KillWorkerOnce()]).fit(frame)
+    # Worker task 1's TensorFlow server dies after the first epoch, as a lost machine would.
+    killer = kill_once_callback(str(tmp_path / "killed"), epoch=0, task=1)
+    result = parameter_server_estimator(epochs=3, callbacks=[killer]).fit(frame)
+    assert (tmp_path / "killed").exists()
     assert [report.get("server_restarts") for report in result.workerReports[1:]] == [1, 0, 0]
     assert len(result.history["loss"]) == 3
     assert result.history["accuracy"][-1] >= 0.85

@@ -74,32 +74,9 @@ def test_a_killed_process_is_retried_and_training_resumes_from_the_checkpoint(
     assert leftover_temp_entries() <= before  # task and checkpoint directories are removed
 
 
-def kill_task_once_callback(marker: str, task: int, epoch: int):
-    """A Keras callback (run by the coordinator) that SIGKILLs task ``task``'s TensorFlow
-    process at the end of ``epoch``, once per marker, as a lost machine would."""
-
-    class KillTaskOnce(keras.callbacks.Callback):
-        def on_epoch_end(self, current, logs=None):
-            if current != epoch:
-                return
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:  # a TensorFlow process writes to its task's log: sparkeras-taskN-*/worker.log
-                    log = os.readlink(f"/proc/{pid}/fd/1")
-                except OSError:
-                    continue
-                if f"/sparkeras-task{task}-" in log and log.endswith("/worker.log"):
-                    os.kill(int(pid), signal.SIGKILL)
-
-    return KillTaskOnce()
-
-
 def test_a_lost_parameter_server_fails_the_stage_which_resumes_from_the_checkpoint(frame, tmp_path):
     """A restarted parameter server would come back without its variables: not restarted."""
-    killer = kill_task_once_callback(str(tmp_path / "killed"), task=3, epoch=1)  # the ps task
+    killer = kill_once_callback(str(tmp_path / "killed"), epoch=1, task=3)  # the ps task
     result = SparkKerasEstimator(
         model=binary_model(WIDTH),
         strategy="parameter_server",

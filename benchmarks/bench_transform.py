@@ -2,8 +2,11 @@
 
 Workload (issue #3): 1,000,000 rows x 100 float features, MLP 100-64-1, local[2]; each Spark
 variant runs transform + a full write to the "noop" sink from a cached DataFrame. The baseline is
-``model.predict`` on a float32 numpy array of the same shape in the driver process. Each variant
-is run once to warm up, then the best of three runs counts. Run from the repo root:
+``model.predict`` on a float32 numpy array of the same shape in the driver process. A fourth
+variant is Spark's floor for any Python model: an Arrow UDF over the same column that returns
+zeros without running a model, i.e. what Spark alone spends handing the rows to Python and the
+results back. Each variant is run once to warm up, then the best of three runs counts. Run from
+the repo root:
 
     .venv/bin/python benchmarks/bench_transform.py          # 1,000,000 rows
     .venv/bin/python benchmarks/bench_transform.py --quick  # 100,000 rows
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
 from common import print_result
 
 
@@ -89,17 +94,35 @@ def main() -> None:
             .save()
         )
     )
+
+    def zeros(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        for array in arrays:
+            yield pa.array(np.zeros(len(array)))
+
+    zeros_udf = F.arrow_udf(zeros, DoubleType())
+    floor_seconds = timed(
+        lambda: (
+            frame.withColumn("prediction", zeros_udf("features"))
+            .write.format("noop")
+            .mode("overwrite")
+            .save()
+        )
+    )
     numpy_seconds = timed(lambda: model.predict(matrix, batch_size=args.batch, verbose=0))
 
     print(f"rows={rows} width={width} batch={args.batch}")
     for name, seconds in [
         ("sparkeras transform", sparkeras_seconds),
         ("predict_batch_udf", udf_seconds),
+        ("zeros UDF (Spark floor)", floor_seconds),
         ("model.predict (numpy)", numpy_seconds),
     ]:
         print(f"{name:24s} {seconds:7.2f} s  {rows / seconds:12,.0f} rows/s")
     print(f"sparkeras / model.predict throughput: {numpy_seconds / sparkeras_seconds:.2f}")
     print(f"sparkeras / predict_batch_udf throughput: {udf_seconds / sparkeras_seconds:.2f}")
+    print(
+        f"zeros UDF / model.predict throughput (the best any UDF gets): {numpy_seconds / floor_seconds:.2f}"
+    )
     print_result(
         "transform",
         {
@@ -107,6 +130,8 @@ def main() -> None:
             "sparkeras_seconds": sparkeras_seconds,
             "predict_batch_udf_seconds": udf_seconds,
             "numpy_seconds": numpy_seconds,
+            "floor_seconds": floor_seconds,
+            "floor_vs_numpy": numpy_seconds / floor_seconds,
             "vs_numpy": numpy_seconds / sparkeras_seconds,
             "vs_predict_batch_udf": udf_seconds / sparkeras_seconds,
         },

@@ -72,3 +72,6 @@ def test_transform_compares_with_predict_batch_udf_and_numpy(tmp_path):
         result["numpy_seconds"] / result["sparkeras_seconds"], rel=1e-3
     )
     assert result["vs_predict_batch_udf"] > 0
+    assert result["floor_vs_numpy"] == pytest.approx(
+        result["numpy_seconds"] / result["floor_seconds"], rel=1e-3
+    )

@@ -6,7 +6,7 @@ process ready to train in milliseconds instead of a fresh interpreter that spend
 importing. The first task that needs a server starts it, without waiting for it, at the start of
 the task, so its import overlaps the shard writing just as a fresh process's would. Where no
 server can run (not Linux, or it fails to start), tasks start fresh processes
-(``python -m sparkeras.worker TASK_DIR``). Nothing here imports TensorFlow.
+(``python -m sparkeras.worker TASK_DIR PARENT_PID``). Nothing here imports TensorFlow.
 
 Both kinds of process follow the same control protocol (``sparkeras.worker.task``): ``go`` once
 the rendezvous is done, and the process ends with its task.
@@ -15,7 +15,6 @@ the rendezvous is done, and the process ends with its task.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import json
@@ -105,17 +104,12 @@ def grpc_options(user_options: str) -> str:
     return ",".join(option for option in (user_options, RECONNECT_BACKOFF) if option)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the Spark worker that started it dies."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 class FreshProcess:
-    """``python -m sparkeras.worker TASK_DIR``: a new interpreter that imports TensorFlow itself.
+    """``python -m sparkeras.worker TASK_DIR PARENT_PID``: a new interpreter that imports
+    TensorFlow itself.
 
     It waits on its stdin for ``go``; end of input without it makes it exit. It is SIGKILLed when
-    the Spark worker that started it dies (Linux).
+    the Spark worker that started it dies (Linux; see ``task.die_with_parent``).
     """
 
     how = "fresh"
@@ -123,12 +117,11 @@ class FreshProcess:
     def __init__(self, task_dir: str, log_path: str, env: Mapping[str, str]) -> None:
         with open(log_path, "ab") as log:  # a restarted server appends to the same log
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sparkeras.worker", task_dir],
+                [sys.executable, "-m", "sparkeras.worker", task_dir, str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=dict(env),
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                 start_new_session=True,
             )
         self.pid = self.process.pid

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -185,3 +186,42 @@ def test_a_forked_process_killed_without_an_exit_code_is_described_as_killed(tmp
     text = launch._describe_failure(str(tmp_path), 1, NO_EXIT_CODE, str(tmp_path / "worker.log"))
     assert "Training worker 1 failed.\nThe TensorFlow process ended without an exit code" in text
     assert "out-of-memory killer" in text and "epoch 1" in text
+
+
+def test_a_fresh_process_dies_with_the_python_worker_that_started_it(tmp_path):
+    """Killed at once, not only when it finds its stdin closed after importing TensorFlow."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time\n"
+            "from sparkeras.processes import FreshProcess\n"
+            f"child = FreshProcess({str(tmp_path)!r}, {str(tmp_path / 'log')!r}, os.environ)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    child_pid = int(parent.stdout.readline())
+    time.sleep(0.5)
+    assert not _gone(child_pid, 0.1)
+    parent.kill()
+    parent.wait()
+    # Importing TensorFlow takes about 3 s here, after which end of input would end it too.
+    assert _gone(child_pid, 1.0)
+
+
+def test_a_fresh_process_whose_parent_died_before_it_started_kills_itself():
+    """The parent-death signal only covers a parent that dies after it is asked for."""
+    orphan = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from sparkeras.worker.task import die_with_parent\n"
+            "die_with_parent(1)\n"  # not this process's parent
+            "print('still alive')",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert orphan.returncode == -9 and "still alive" not in orphan.stdout

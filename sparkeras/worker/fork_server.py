@@ -16,7 +16,6 @@ task's Python worker), and ends when the socket file it serves is removed or rep
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import json
@@ -26,6 +25,8 @@ import socket
 import sys
 import time
 from typing import Any
+
+from sparkeras.worker import task
 
 #: Command-line flag of ``python -m sparkeras.worker`` that runs a fork server.
 FLAG = "--fork-server"
@@ -111,8 +112,6 @@ def _lock(lock: Any) -> bool:
 
 def _run_child(connection: socket.socket, request: dict[str, Any]) -> int:
     """The forked child: become the task's process, then run the task (``task.run``)."""
-    from sparkeras.worker import task
-
     os.setsid()  # its own process group, which the task kills when it ends
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _set_process_name(CHILD_NAME)
@@ -166,6 +165,5 @@ def _inode(path: str) -> int | None:
 
 def _set_process_name(name: bytes) -> None:
     """Name the process in ``ps``/``top`` (Linux ``prctl(PR_SET_NAME)``; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_name = 15
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_name, name, 0, 0, 0)
+    pr_set_name = 15
+    task.prctl(pr_set_name, name)

@@ -12,7 +12,10 @@ and on which it announces its exit code (the task is not its parent and cannot `
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import sys
 import threading
 import time
@@ -117,6 +120,29 @@ def exit_process(code: int) -> None:
         except OSError:
             pass  # the task is gone: nobody to tell
     os._exit(code)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when ``parent_pid``, the Spark worker that started it, dies (Linux).
+
+    Set by the new process itself, first thing, rather than in ``Popen``'s ``preexec_fn``:
+    Python's documentation warns that code run between fork and exec of a multithreaded parent
+    (a Spark Python worker is one) can deadlock. A parent that died before this call would not
+    signal, so that case is checked here.
+    """
+    if sys.platform.startswith("linux"):
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def prctl(option: int, argument: int | bytes) -> None:
+    """Linux ``prctl(option, argument)``; a no-op where the C library has no ``prctl``."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, argument, 0, 0, 0)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _exit_when_closed(control: BinaryIO) -> None:

@@ -4,7 +4,8 @@ Live progress (``progress.ProgressServer``) and the tasks' rendezvous
 (``rendezvous.RendezvousServer``) both run one for the length of a fit. The secret travels only
 inside the Spark task closure; every connection must send it as its first line, within
 :data:`SECRET_SECONDS`, or it is closed unread. Each authenticated connection is served on a
-thread of its own.
+thread of its own; closing the server closes them too, so no thread outlives its fit blocked on
+a task that never hangs up.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class SecretServer:
         self._listener = socket.create_server(("", 0))
         self.address = f"{host}:{self._listener.getsockname()[1]}"
         self._closed = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
         threading.Thread(target=self._accept, name=self.thread_name, daemon=True).start()
 
     def __enter__(self) -> SecretServer:
@@ -51,10 +54,14 @@ class SecretServer:
         self.close()
 
     def close(self) -> None:
-        """Stop accepting connections (``shutdown`` wakes the thread blocked in ``accept``)."""
+        """Stop accepting connections and end the open ones (``shutdown`` wakes the threads
+        blocked on them)."""
         self._closed.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
+        with self._connections_lock:
+            sockets = [self._listener, *self._connections]
+        for open_socket in sockets:
+            with contextlib.suppress(OSError):
+                open_socket.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._listener.close()
 
@@ -67,6 +74,18 @@ class SecretServer:
             threading.Thread(target=self._authenticate, args=(connection,), daemon=True).start()
 
     def _authenticate(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            if self._closed.is_set():
+                connection.close()
+                return
+            self._connections.add(connection)
+        try:
+            self._read_secret_and_serve(connection)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(connection)
+
+    def _read_secret_and_serve(self, connection: socket.socket) -> None:
         with connection, connection.makefile("rb") as stream:
             try:
                 connection.settimeout(SECRET_SECONDS)

@@ -28,6 +28,7 @@ from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 from sparkeras.devices import limit_threads, task_gpu_addresses, tensorflow_environment
 from sparkeras.plan import FeatureSpec
 from sparkeras.shards import VECTOR_ARROW_TYPE, features_to_coo, features_to_dense
+from sparkeras.tensors import aligned_float32, as_tensor
 
 _MODEL_CACHE: dict[str, LoadedModel] = {}
 
@@ -63,13 +64,11 @@ class LoadedModel:
     def predict(self, inputs: np.ndarray, batch_size: int) -> Any:
         """The model's outputs for a float32 ``rows x width`` matrix, ``batch_size`` rows per call.
 
-        A C-contiguous matrix that starts on a 64-byte boundary (see :func:`aligned_float32`) is
-        handed to TensorFlow without a copy; any other is copied.
+        A C-contiguous matrix that starts on a 64-byte boundary (see
+        :func:`sparkeras.tensors.aligned_float32`) is handed to TensorFlow without a copy; any
+        other is copied.
         """
-        import tensorflow as tf
-
-        if inputs.flags.c_contiguous and inputs.ctypes.data % _ALIGNMENT == 0:
-            inputs = tf.experimental.dlpack.from_dlpack(inputs.__dlpack__())
+        inputs = as_tensor(inputs)
         key = (batch_size, inputs.shape[1])
         if key in self.predict_functions:
             return self.predict_functions[key](inputs)
@@ -103,23 +102,6 @@ class LoadedModel:
             chunk = tf.SparseTensor(indices, values[first:last], (stop - start, width))
             outputs.append(predict(chunk))
         return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)
-
-
-#: TensorFlow's CPU kernels may assume their inputs are aligned like its own allocations.
-_ALIGNMENT = 64
-
-
-def aligned_float32(size: int) -> np.ndarray:
-    """An uninitialised float32 array of ``size`` values that starts on a 64-byte boundary.
-
-    Examples
-    --------
-    >>> aligned_float32(10).ctypes.data % 64
-    0
-    """
-    raw = np.empty(size * 4 + _ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % _ALIGNMENT
-    return raw[start : start + size * 4].view(np.float32)
 
 
 def chunked_predict_function(model: Any, batch_size: int, width: int) -> Callable[[Any], Any]:

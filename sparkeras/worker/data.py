@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from sparkeras.plan import FeatureSpec, LabelSpec
 from sparkeras.shards import WEIGHTS_FILE
+from sparkeras.tensors import as_tensor
 
 #: Largest dense shard (feature bytes) copied into tensors for training; larger ones are
 #: gathered from their memory-mapped files (see :func:`training_dataset`).
@@ -157,7 +158,7 @@ def training_dataset(
         columns.append(shard.weights)
     indices = tf.data.Dataset.from_tensor_slices(orders.astype(np.int32))
     if shard.features.nbytes <= TENSOR_SHARD_BYTES:
-        tensors = [tf.experimental.dlpack.from_dlpack(column.__dlpack__()) for column in columns]
+        tensors = [as_tensor(column) for column in columns]
 
         def batch(index: tf.Tensor) -> tuple:
             return tuple(tf.gather(tensor, index) for tensor in tensors)

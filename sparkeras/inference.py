@@ -52,12 +52,16 @@ def model_key(model_bytes: bytes, custom_objects_bytes: bytes, safe_mode: bool) 
 class LoadedModel:
     """A model rebuilt in this Python worker, with its compiled predict functions.
 
-    ``predict_functions`` holds one function per (inference batch size, feature width); see
-    :func:`chunked_predict_function` (and :meth:`predict_sparse` for sparse-input models).
+    ``predict_functions`` holds one function per (inference batch size, feature width), see
+    :func:`chunked_predict_function`; ``sparse_predict_functions`` one per feature width, see
+    :meth:`predict_sparse`.
     """
 
     model: Any
     predict_functions: dict[tuple[int, int], Callable[[Any], Any]] = dataclasses.field(
+        default_factory=dict
+    )
+    sparse_predict_functions: dict[int, Callable[[Any], Any]] = dataclasses.field(
         default_factory=dict
     )
 
@@ -85,13 +89,12 @@ class LoadedModel:
         10,000 rows of 2^18 hashed features would be 10 GB dense."""
         import tensorflow as tf
 
-        key = (0, width)  # batch size 0: the sparse function, which any batch size calls
-        if key not in self.predict_functions:
+        if width not in self.sparse_predict_functions:
             spec = tf.SparseTensorSpec([None, width], tf.float32)
-            self.predict_functions[key] = tf.function(
+            self.sparse_predict_functions[width] = tf.function(
                 self.model.predict_step, input_signature=[spec], reduce_retracing=True
             )
-        predict = self.predict_functions[key]
+        predict = self.sparse_predict_functions[width]
         ends = np.cumsum(row_nnz)
         outputs = []
         for start in range(0, max(len(row_nnz), 1), batch_size):  # one empty call for no rows

@@ -354,10 +354,10 @@ def _meet_on_driver(
     message: str,
     patient: bool = False,
 ) -> list[str] | None:
-    """``rendezvous.gather`` for this task (its rank and application-wide task attempt id);
-    a broken meeting fails the task with the worker-failure markers the driver reads."""
+    """``rendezvous.gather`` for this task (its rank and stage attempt number); a broken meeting
+    fails the task with the worker-failure markers the driver reads."""
     address, secret = meeting_point
-    member = (context.partitionId(), context.taskAttemptId())
+    member = (context.partitionId(), context.stageAttemptNumber())
     try:
         return rendezvous.gather(address, secret, key, member, size, message, patient=patient)
     except rendezvous.RendezvousError as error:

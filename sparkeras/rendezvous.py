@@ -11,8 +11,10 @@ uses ``allGather``; the server then tells the tasks that did reach it to do the 
 :data:`FALLBACK_SECONDS` have passed since the first of them arrived without all the others.
 Only a task that could not even connect decides on its own, and the server never counts it.
 
-Messages: the task sends ``SECRET\\n`` then ``{"key", "rank", "task_attempt", "size", "message",
+Messages: the task sends ``SECRET\\n`` then ``{"key", "rank", "stage_attempt", "size", "message",
 "patient"}\\n``; the server answers ``{"messages": [...]}`` (by rank) or ``{"fallback": true}``.
+A retried stage meets under the same keys; the stage attempt number keeps its tasks apart from
+a failed attempt's that arrive late.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class RendezvousServer(SecretServer):
             connection.settimeout(None)
             member = _Member(
                 rank=int(request["rank"]),
-                task_attempt=int(request["task_attempt"]),
+                stage_attempt=int(request["stage_attempt"]),
                 message=str(request["message"]),
                 connection=connection,
             )
@@ -82,19 +84,18 @@ class RendezvousServer(SecretServer):
     def _join(self, key: str, size: int, patient: bool, member: _Member) -> dict[str, Any] | None:
         """The answer for one task, or ``None`` when its connection closed while it waited.
 
-        A meeting is forgotten when it completes and when its last member leaves. Members of an
-        earlier attempt of the stage are dropped when a task of a later attempt arrives: a
-        barrier stage's tasks get consecutive task attempt ids, all above the earlier attempt's.
+        A meeting is forgotten when it completes and when its last member leaves. It belongs to
+        one attempt of the stage: a task of a later attempt replaces it (the earlier attempt has
+        failed, and its waiting tasks get no answer), and a task of an earlier attempt that
+        arrives late gets no answer.
         """
         with self._lock:
             meeting = self._meetings.get(key)
-            if meeting is not None:
-                meeting.drop_stale(member.task_attempt - size)
-                if not meeting.members:
-                    meeting = None  # only a failed attempt had come: start afresh
-            if meeting is None:
+            if meeting is not None and member.stage_attempt < meeting.stage_attempt:
+                return None
+            if meeting is None or member.stage_attempt > meeting.stage_attempt:
                 deadline = time.monotonic() + (math.inf if patient else self.fallback_seconds)
-                meeting = self._meetings[key] = _Meeting(size, deadline)
+                meeting = self._meetings[key] = _Meeting(size, member.stage_attempt, deadline)
             meeting.members[member.rank] = member
             self._lock.notify_all()
             while True:
@@ -113,7 +114,8 @@ class RendezvousServer(SecretServer):
                     self._leave(key, meeting, member)
                     return {"fallback": True}
                 self._lock.wait(WAIT_SLICE_SECONDS)
-                if meeting.members.get(member.rank) is not member:  # dropped as stale
+                replaced = self._meetings.get(key, meeting) is not meeting  # by a later attempt
+                if replaced or meeting.members.get(member.rank) is not member:
                     return None
                 if _closed(member.connection):
                     self._leave(key, meeting, member)
@@ -129,23 +131,19 @@ class RendezvousServer(SecretServer):
 @dataclasses.dataclass
 class _Member:
     rank: int
-    task_attempt: int
+    stage_attempt: int
     message: str
     connection: socket.socket
 
 
 class _Meeting:
-    def __init__(self, size: int, deadline: float) -> None:
+    def __init__(self, size: int, stage_attempt: int, deadline: float) -> None:
         self.size = size
+        self.stage_attempt = stage_attempt
         self.deadline = deadline
         self.members: dict[int, _Member] = {}
         self.fallback = False
         self.complete = False
-
-    def drop_stale(self, below: int) -> None:
-        """Forget members whose task attempt id is ``below`` or lower (an earlier attempt)."""
-        for rank in [r for r, m in self.members.items() if m.task_attempt <= below]:
-            del self.members[rank]
 
     def drop_closed(self) -> None:
         """Forget members whose task has gone."""
@@ -183,7 +181,7 @@ def gather(
 ) -> list[str] | None:
     """Every rank's message for ``key`` (by rank), or ``None`` when the tasks use ``allGather``.
 
-    ``member`` is this task's ``(rank, task attempt id)``. ``patient`` meetings never fall
+    ``member`` is this task's ``(rank, stage attempt number)``. ``patient`` meetings never fall
     back: they wait as long as the last task needs (the end of a parameter-server cluster's
     training), for tasks that all met on the driver before.
 
@@ -205,11 +203,11 @@ def gather(
         try:
             connection.settimeout(None)
             _keep_alive(connection)
-            rank, task_attempt = member
+            rank, stage_attempt = member
             request = {
                 "key": key,
                 "rank": rank,
-                "task_attempt": task_attempt,
+                "stage_attempt": stage_attempt,
                 "size": size,
                 "message": message,
                 "patient": patient,

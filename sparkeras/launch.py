@@ -97,14 +97,50 @@ class TrainingResult:
 
 
 def available_task_slots(spark: SparkSession) -> int | None:
-    """Tasks the cluster can run at once, or ``None`` when Spark does not say (Spark Connect)."""
+    """Tasks the cluster can run at once, or ``None`` when that is unknown.
+
+    Spark's scheduler says, where the JVM is in this process; over Spark Connect the count is
+    worked out from the configuration (:func:`task_slots_from_conf`).
+    """
     try:
         context = spark.sparkContext
         jvm_context = context._jsc.sc()  # type: ignore[union-attr]
         profile = jvm_context.resourceProfileManager().defaultResourceProfile()
         return int(jvm_context.maxNumConcurrentTasks(profile))
     except Exception:
+        pass
+    try:
+        return task_slots_from_conf(lambda key: spark.conf.get(key, None))
+    except Exception:
         return None
+
+
+def task_slots_from_conf(conf: Callable[[str], str | None]) -> int | None:
+    """Task slots implied by the configuration (``conf`` reads a key, ``None`` when unset), or
+    ``None`` when it does not fix them (``local[*]``, dynamic allocation, unset core counts).
+
+    Examples
+    --------
+    >>> settings = {"spark.master": "local-cluster[2,3,1024]", "spark.task.cpus": "2"}
+    >>> task_slots_from_conf(settings.get)
+    2
+    >>> task_slots_from_conf({"spark.master": "local[4]"}.get)
+    4
+    >>> task_slots_from_conf({"spark.master": "local[*]"}.get) is None
+    True
+    """
+    master = (conf("spark.master") or "").replace(" ", "")
+    task_cpus = int(conf("spark.task.cpus") or 1)
+    if master == "local":
+        return 1 // task_cpus
+    if match := re.fullmatch(r"local\[(\d+)(,\d+)?\]", master):
+        return int(match.group(1)) // task_cpus
+    if match := re.fullmatch(r"local-cluster\[(\d+),(\d+),\d+\]", master):
+        return int(match.group(1)) * (int(match.group(2)) // task_cpus)
+    instances, cores = conf("spark.executor.instances"), conf("spark.executor.cores")
+    if instances and cores and (conf("spark.dynamicAllocation.enabled") or "").lower() != "true":
+        return int(instances) * (int(cores) // task_cpus)
+    return None
 
 
 #: Spark's size suffixes, as powers of 1024 (a bare number is bytes).

@@ -7,8 +7,10 @@ A saved directory holds Spark's usual ``metadata/`` (class, uid, JSON params) an
     callbacks.pkl        estimator only: cloudpickled callbacks
     training.json        model only: history and worker reports
 
-Files go through Hadoop's FileSystem API when the JVM is reachable (so HDFS, S3, ABFS... work),
-else through the local file system.
+Files go through Hadoop's FileSystem API (so HDFS, S3, ABFS... work). Over Spark Connect the
+client has no file system API of Spark's, so the files are written through Spark instead, as a
+Parquet table ``files/`` of chunks inside the saved directory (the metadata says which); a
+directory written either way loads in either kind of session.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ OBJECT_PARAMS = ("model", "customObjects", "callbacks")
 #: PySpark >= 4.0 reads and writes ML metadata through a SparkSession (which Spark Connect
 #: has); PySpark 3.5 needs the SparkContext.
 METADATA_TAKES_SESSION = int(pyspark.__version__.split(".")[0]) >= 4
+#: Where a saved directory's files are: plain files, or a table of chunks (Spark Connect).
+PLAIN_FILES, FILE_TABLE = "files", "table"
+#: Bytes per row of the file table: far below Spark Connect's gRPC message limit (128 MiB).
+TABLE_CHUNK_BYTES = 4 << 20
 
 
 def _metadata_context(spark: SparkSession) -> Any:
@@ -43,19 +49,38 @@ class SparkKerasWriter(MLWriter):
         self.instance = instance
         self.files = files
 
+    def save(self, path: str) -> None:
+        """Save to ``path``; ``overwrite()`` first removes what is there, through Spark Connect's
+        ML helper when the session has no JVM (Spark's own writer needs one)."""
+        if _has_jvm(self.sparkSession):
+            super().save(path)
+            return
+        from pyspark.ml.connect.readwrite import RemoteMLWriter
+
+        RemoteMLWriter.handleOverwrite(path, self.shouldOverwrite)
+        self.saveImpl(path)
+
     def saveImpl(self, path: str) -> None:
         json_params = {
             param.name: value
             for param, value in self.instance._paramMap.items()
             if param.name not in OBJECT_PARAMS
         }
+        store = PLAIN_FILES if _has_jvm(self.sparkSession) else FILE_TABLE
         DefaultParamsWriter.saveMetadata(
             self.instance,
             path,
             _metadata_context(self.sparkSession),
-            extraMetadata={"sparkerasVersion": sparkeras.__version__, "files": sorted(self.files)},
+            extraMetadata={
+                "sparkerasVersion": sparkeras.__version__,
+                "files": sorted(self.files),
+                "fileStore": store,
+            },
             paramMap=json_params,
         )
+        if store == FILE_TABLE:
+            _write_file_table(self.sparkSession, os.path.join(path, FILE_TABLE), self.files)
+            return
         for name, data in self.files.items():
             write_file(self.sparkSession, os.path.join(path, name), data)
 
@@ -85,32 +110,30 @@ class SparkKerasReader(MLReader):
         instance = self.cls()
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
-        files = {
-            name: read_file(self.sparkSession, os.path.join(path, name))
-            for name in metadata.get("files", [])
-        }
+        names = metadata.get("files", [])
+        if metadata.get("fileStore", PLAIN_FILES) == FILE_TABLE:
+            files = _read_file_table(self.sparkSession, os.path.join(path, FILE_TABLE), names)
+        else:
+            files = {name: read_file(self.sparkSession, os.path.join(path, name)) for name in names}
         instance._load_files(files)
         return instance
 
 
-def _hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any] | None:
-    try:
-        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-        configuration = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-        return hadoop_path.getFileSystem(configuration), hadoop_path
-    except Exception:  # Spark Connect: no JVM in this process
-        return None
+def _has_jvm(spark: SparkSession) -> bool:
+    """Whether the session lives in this process's JVM (not a Spark Connect client)."""
+    return hasattr(spark, "_jsparkSession")
+
+
+def _hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    configuration = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    return hadoop_path.getFileSystem(configuration), hadoop_path
 
 
 def write_file(spark: SparkSession, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` on the file system Spark uses for it."""
-    target = _hadoop_fs(spark, path)
-    if target is None:
-        with open(path, "wb") as file:
-            file.write(data)
-        return
-    fs, hadoop_path = target
+    """Write ``data`` to ``path`` on the file system Spark uses for it (needs the JVM)."""
+    fs, hadoop_path = _hadoop_fs(spark, path)
     stream = fs.create(hadoop_path, True)
     try:
         stream.write(bytearray(data))
@@ -119,18 +142,36 @@ def write_file(spark: SparkSession, path: str, data: bytes) -> None:
 
 
 def read_file(spark: SparkSession, path: str) -> bytes:
-    """Read the file ``path`` written by :func:`write_file`."""
-    target = _hadoop_fs(spark, path)
-    if target is None:
-        with open(path, "rb") as file:
-            return file.read()
-    fs, hadoop_path = target
+    """Read the file ``path`` written by :func:`write_file`: through Hadoop's FileSystem API, or
+    over Spark Connect with Spark's ``binaryFile`` source."""
+    if not _has_jvm(spark):
+        return bytes(spark.read.format("binaryFile").load(path).select("content").head()[0])
+    fs, hadoop_path = _hadoop_fs(spark, path)
     stream = fs.open(hadoop_path)
     try:
         jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
         return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:
         stream.close()
+
+
+def _write_file_table(spark: SparkSession, path: str, files: dict[str, bytes]) -> None:
+    """Store ``files`` as a Parquet table of (name, part, data) rows through Spark."""
+    rows = [
+        (name, part, data[start : start + TABLE_CHUNK_BYTES])
+        for name, data in files.items()
+        for part, start in enumerate(range(0, max(len(data), 1), TABLE_CHUNK_BYTES))
+    ]
+    schema = "name string, part int, data binary"
+    spark.createDataFrame(rows, schema).coalesce(1).write.parquet(path)
+
+
+def _read_file_table(spark: SparkSession, path: str, names: list[str]) -> dict[str, bytes]:
+    """The files :func:`_write_file_table` stored."""
+    parts: dict[str, list[tuple[int, bytes]]] = {name: [] for name in names}
+    for row in spark.read.parquet(path).collect():
+        parts[row["name"]].append((row["part"], bytes(row["data"])))
+    return {name: b"".join(data for _, data in sorted(chunks)) for name, chunks in parts.items()}
 
 
 def json_bytes(value: Any) -> bytes:

@@ -59,6 +59,8 @@ class RendezvousServer(SecretServer):
         self.fallback_seconds = fallback_seconds
         self._lock = threading.Condition()
         self._meetings: dict[str, _Meeting] = {}
+        #: The latest attempt of the fit's stage that a task has come from.
+        self._stage_attempt = 0
         super().__init__(host)
 
     def _serve(self, connection: socket.socket, stream: BinaryIO) -> None:
@@ -84,16 +86,20 @@ class RendezvousServer(SecretServer):
     def _join(self, key: str, size: int, patient: bool, member: _Member) -> dict[str, Any] | None:
         """The answer for one task, or ``None`` when its connection closed while it waited.
 
-        A meeting is forgotten when it completes and when its last member leaves. It belongs to
-        one attempt of the stage: a task of a later attempt replaces it (the earlier attempt has
-        failed, and its waiting tasks get no answer), and a task of an earlier attempt that
-        arrives late gets no answer.
+        A meeting is forgotten when it completes and when its last member leaves. The server
+        serves one fit, whose stage Spark may retry: the first task of a later stage attempt
+        ends the earlier attempt's meetings (that attempt has failed; its waiting tasks get no
+        answer), and a task of an earlier attempt that arrives late gets no answer.
         """
         with self._lock:
-            meeting = self._meetings.get(key)
-            if meeting is not None and member.stage_attempt < meeting.stage_attempt:
+            if member.stage_attempt < self._stage_attempt:
                 return None
-            if meeting is None or member.stage_attempt > meeting.stage_attempt:
+            if member.stage_attempt > self._stage_attempt:
+                self._stage_attempt = member.stage_attempt
+                self._meetings.clear()
+                self._lock.notify_all()
+            meeting = self._meetings.get(key)
+            if meeting is None:
                 deadline = time.monotonic() + (math.inf if patient else self.fallback_seconds)
                 meeting = self._meetings[key] = _Meeting(size, member.stage_attempt, deadline)
             meeting.members[member.rank] = member
@@ -101,6 +107,11 @@ class RendezvousServer(SecretServer):
             while True:
                 if meeting.complete:
                     return {"messages": [meeting.members[rank].message for rank in range(size)]}
+                if (
+                    meeting.stage_attempt < self._stage_attempt  # a later attempt has begun
+                    or meeting.members.get(member.rank) is not member  # replaced by its rank
+                ):
+                    return None
                 if len(meeting.members) == meeting.size and not meeting.fallback:
                     meeting.drop_closed()
                     if len(meeting.members) == meeting.size:
@@ -114,9 +125,6 @@ class RendezvousServer(SecretServer):
                     self._leave(key, meeting, member)
                     return {"fallback": True}
                 self._lock.wait(WAIT_SLICE_SECONDS)
-                replaced = self._meetings.get(key, meeting) is not meeting  # by a later attempt
-                if replaced or meeting.members.get(member.rank) is not member:
-                    return None
                 if _closed(member.connection):
                     self._leave(key, meeting, member)
                     return None

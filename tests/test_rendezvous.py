@@ -123,3 +123,13 @@ def _join_raw(server: RendezvousServer, rank: int, stage_attempt: int) -> socket
     connection.sendall(f"{server.secret}\n{json.dumps(request)}\n".encode())
     connection.settimeout(10)
     return connection
+
+
+def test_a_failed_attempts_task_that_arrives_after_the_retry_met_is_turned_away():
+    """Not left to start a meeting of its own and wait for the fallback deadline."""
+    with RendezvousServer("localhost", fallback_seconds=60) as server:
+        assert _gather_all(server, "0", [0, 1], size=2, attempt=1)[0] == ["from 0", "from 1"]
+        with _join_raw(server, rank=1, stage_attempt=0) as stale:
+            assert stale.recv(100) == b""  # at once (the socket times out after 10 s)
+        # The next meeting of the retry is not disturbed.
+        assert _gather_all(server, "1", [1, 0], size=2, attempt=1)[1] == ["from 0", "from 1"]

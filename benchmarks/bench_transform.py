@@ -99,15 +99,17 @@ def main() -> None:
         for array in arrays:
             yield pa.array(np.zeros(len(array)))
 
-    zeros_udf = F.arrow_udf(zeros, DoubleType())
-    floor_seconds = timed(
-        lambda: (
-            frame.withColumn("prediction", zeros_udf("features"))
-            .write.format("noop")
-            .mode("overwrite")
-            .save()
+    floor_seconds = float("nan")  # Arrow UDFs arrived in PySpark 4.1
+    if hasattr(F, "arrow_udf"):
+        zeros_udf = F.arrow_udf(zeros, DoubleType())
+        floor_seconds = timed(
+            lambda: (
+                frame.withColumn("prediction", zeros_udf("features"))
+                .write.format("noop")
+                .mode("overwrite")
+                .save()
+            )
         )
-    )
     numpy_seconds = timed(lambda: model.predict(matrix, batch_size=args.batch, verbose=0))
 
     print(f"rows={rows} width={width} batch={args.batch}")

@@ -128,6 +128,12 @@ def task_slots_from_conf(conf: Callable[[str], str | None]) -> int | None:
     4
     >>> task_slots_from_conf({"spark.master": "local[*]"}.get) is None
     True
+    >>> yarn = {"spark.master": "yarn", "spark.executor.instances": "2", "spark.executor.cores": "8"}
+    >>> task_slots_from_conf(yarn.get)
+    16
+    >>> gpus = {"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.5"}
+    >>> task_slots_from_conf({**yarn, **gpus}.get)
+    4
     """
     master = (conf("spark.master") or "").replace(" ", "")
     task_cpus = int(conf("spark.task.cpus") or 1)
@@ -136,11 +142,22 @@ def task_slots_from_conf(conf: Callable[[str], str | None]) -> int | None:
     if match := re.fullmatch(r"local\[(\d+)(,\d+)?\]", master):
         return int(match.group(1)) // task_cpus
     if match := re.fullmatch(r"local-cluster\[(\d+),(\d+),\d+\]", master):
-        return int(match.group(1)) * (int(match.group(2)) // task_cpus)
-    instances, cores = conf("spark.executor.instances"), conf("spark.executor.cores")
-    if instances and cores and (conf("spark.dynamicAllocation.enabled") or "").lower() != "true":
-        return int(instances) * (int(cores) // task_cpus)
-    return None
+        executors, cores = int(match.group(1)), match.group(2)
+    else:
+        instances, cores = conf("spark.executor.instances"), conf("spark.executor.cores")
+        if not instances or (conf("spark.dynamicAllocation.enabled") or "").lower() == "true":
+            return None
+        executors = int(instances)
+    if not cores:
+        return None
+    per_executor = int(cores) // task_cpus
+    gpus, task_gpus = (
+        conf("spark.executor.resource.gpu.amount"),
+        conf("spark.task.resource.gpu.amount"),
+    )
+    if gpus and task_gpus:  # GPU scheduling: a task also needs its share of a GPU
+        per_executor = min(per_executor, int(float(gpus) / float(task_gpus)))
+    return executors * per_executor
 
 
 #: Spark's size suffixes, as powers of 1024 (a bare number is bytes).
@@ -390,10 +407,10 @@ def _meet_on_driver(
     message: str,
     patient: bool = False,
 ) -> list[str] | None:
-    """``rendezvous.gather`` for this task (its rank and stage attempt number); a broken meeting
-    fails the task with the worker-failure markers the driver reads."""
+    """``rendezvous.gather`` for this task (its rank and application-wide task attempt id);
+    a broken meeting fails the task with the worker-failure markers the driver reads."""
     address, secret = meeting_point
-    member = (context.partitionId(), context.stageAttemptNumber())
+    member = (context.partitionId(), context.taskAttemptId())
     try:
         return rendezvous.gather(address, secret, key, member, size, message, patient=patient)
     except rendezvous.RendezvousError as error:

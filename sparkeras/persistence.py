@@ -7,10 +7,11 @@ A saved directory holds Spark's usual ``metadata/`` (class, uid, JSON params) an
     callbacks.pkl        estimator only: cloudpickled callbacks
     training.json        model only: history and worker reports
 
-Files go through Hadoop's FileSystem API (so HDFS, S3, ABFS... work). Over Spark Connect the
-client has no file system API of Spark's, so the files are written through Spark instead, as a
-Parquet table ``files/`` of chunks inside the saved directory (the metadata says which); a
-directory written either way loads in either kind of session.
+Files go through Hadoop's FileSystem API (so HDFS, S3, ABFS... work). Over Spark Connect
+(PySpark >= 4.0) the client has no file system API of Spark's, so the files are written through
+Spark instead, as a Parquet table ``table/`` of chunks inside the saved directory (the metadata
+says which), and plain files are read with Spark's ``binaryFile`` source, in chunks; a directory
+written either way loads in either kind of session.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ OBJECT_PARAMS = ("model", "customObjects", "callbacks")
 METADATA_TAKES_SESSION = int(pyspark.__version__.split(".")[0]) >= 4
 #: Where a saved directory's files are: plain files, or a table of chunks (Spark Connect).
 PLAIN_FILES, FILE_TABLE = "files", "table"
-#: Bytes per row of the file table: far below Spark Connect's gRPC message limit (128 MiB).
+#: Bytes per row of the file table, and per row read back over Spark Connect: far below
+#: Spark Connect's gRPC message limit (128 MiB), which a whole model file could exceed.
 TABLE_CHUNK_BYTES = 4 << 20
 
 
@@ -55,6 +57,7 @@ class SparkKerasWriter(MLWriter):
         if _has_jvm(self.sparkSession):
             super().save(path)
             return
+        _check_connect_support()
         from pyspark.ml.connect.readwrite import RemoteMLWriter
 
         RemoteMLWriter.handleOverwrite(path, self.shouldOverwrite)
@@ -94,6 +97,8 @@ class SparkKerasReader(MLReader):
 
     def load(self, path: str) -> Any:
         expected = f"{self.cls.__module__}.{self.cls.__name__}"
+        if not _has_jvm(self.sparkSession):
+            _check_connect_support()
         try:
             metadata = DefaultParamsReader.loadMetadata(path, _metadata_context(self.sparkSession))
         except Exception as error:
@@ -124,6 +129,14 @@ def _has_jvm(spark: SparkSession) -> bool:
     return hasattr(spark, "_jsparkSession")
 
 
+def _check_connect_support() -> None:
+    if not METADATA_TAKES_SESSION:
+        raise NotImplementedError(
+            f"Saving and loading over Spark Connect needs PySpark >= 4.0 (this is "
+            f"{pyspark.__version__}); upgrade PySpark, or use a classic SparkSession."
+        )
+
+
 def _hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
     jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
     hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
@@ -145,7 +158,7 @@ def read_file(spark: SparkSession, path: str) -> bytes:
     """Read the file ``path`` written by :func:`write_file`: through Hadoop's FileSystem API, or
     over Spark Connect with Spark's ``binaryFile`` source."""
     if not _has_jvm(spark):
-        return bytes(spark.read.format("binaryFile").load(path).select("content").head()[0])
+        return read_file_through_spark(spark, path)
     fs, hadoop_path = _hadoop_fs(spark, path)
     stream = fs.open(hadoop_path)
     try:
@@ -153,6 +166,23 @@ def read_file(spark: SparkSession, path: str) -> bytes:
         return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
     finally:
         stream.close()
+
+
+def read_file_through_spark(
+    spark: SparkSession, path: str, chunk_bytes: int = TABLE_CHUNK_BYTES
+) -> bytes:
+    """The file ``path``, read by Spark's ``binaryFile`` source and returned in chunks of
+    ``chunk_bytes`` (one row each), so that no single row outgrows a Spark Connect message."""
+    chunks = (
+        spark.read.format("binaryFile")
+        .load(path)
+        .selectExpr(
+            f"posexplode(transform(sequence(0, greatest(ceil(length / {chunk_bytes}) - 1, 0)), "
+            f"i -> substr(content, i * {chunk_bytes} + 1, {chunk_bytes})))"
+        )
+        .collect()
+    )
+    return b"".join(bytes(chunk) for _, chunk in sorted(chunks))
 
 
 def _write_file_table(spark: SparkSession, path: str, files: dict[str, bytes]) -> None:

@@ -11,10 +11,12 @@ uses ``allGather``; the server then tells the tasks that did reach it to do the 
 :data:`FALLBACK_SECONDS` have passed since the first of them arrived without all the others.
 Only a task that could not even connect decides on its own, and the server never counts it.
 
-Messages: the task sends ``SECRET\\n`` then ``{"key", "rank", "stage_attempt", "size", "message",
+Messages: the task sends ``SECRET\\n`` then ``{"key", "rank", "task_attempt", "size", "message",
 "patient"}\\n``; the server answers ``{"messages": [...]}`` (by rank) or ``{"fallback": true}``.
-A retried stage meets under the same keys; the stage attempt number keeps its tasks apart from
-a failed attempt's that arrive late.
+A retried stage meets under the same keys. PySpark does not tell a task its stage attempt, so
+the attempts are told apart by task attempt ids: Spark numbers tasks application-wide, and
+launches a barrier stage's tasks together, so each attempt's ids are a block of consecutive
+numbers above every earlier attempt's.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ class RendezvousServer(SecretServer):
         self.fallback_seconds = fallback_seconds
         self._lock = threading.Condition()
         self._meetings: dict[str, _Meeting] = {}
-        #: The latest attempt of the fit's stage that a task has come from.
-        self._stage_attempt = 0
+        #: The highest task attempt id seen: a task ``size`` or more below it is of an earlier
+        #: attempt of the stage.
+        self._latest_task_attempt = -1
         super().__init__(host)
 
     def _serve(self, connection: socket.socket, stream: BinaryIO) -> None:
@@ -70,7 +73,7 @@ class RendezvousServer(SecretServer):
             connection.settimeout(None)
             member = _Member(
                 rank=int(request["rank"]),
-                stage_attempt=int(request["stage_attempt"]),
+                task_attempt=int(request["task_attempt"]),
                 message=str(request["message"]),
                 connection=connection,
             )
@@ -87,30 +90,34 @@ class RendezvousServer(SecretServer):
         """The answer for one task, or ``None`` when its connection closed while it waited.
 
         A meeting is forgotten when it completes and when its last member leaves. The server
-        serves one fit, whose stage Spark may retry: the first task of a later stage attempt
-        ends the earlier attempt's meetings (that attempt has failed; its waiting tasks get no
-        answer), and a task of an earlier attempt that arrives late gets no answer.
+        serves one fit, whose stage Spark may retry. A task is of an earlier attempt when its
+        id is ``size`` or more below another task's: it gets no answer, and when it already
+        waits in a meeting it is dropped from it. Of two tasks with the same rank, the one with
+        the higher id is the later attempt's. What ids cannot tell apart is a late task of the
+        failed attempt whose id is within ``size`` of every id of the retry seen so far: it
+        takes its rank's place until the retry's own task of that rank arrives, and if it
+        completes the meeting first, the retry's tasks meet a dead peer (they stall until
+        ``stallTimeout``, and Spark retries the stage once more).
         """
         with self._lock:
-            if member.stage_attempt < self._stage_attempt:
+            if member.task_attempt <= self._latest_task_attempt - size:
                 return None
-            if member.stage_attempt > self._stage_attempt:
-                self._stage_attempt = member.stage_attempt
-                self._meetings.clear()
-                self._lock.notify_all()
+            if member.task_attempt > self._latest_task_attempt:
+                self._latest_task_attempt = member.task_attempt
+                self._drop_earlier_attempts(member.task_attempt - size)
             meeting = self._meetings.get(key)
             if meeting is None:
                 deadline = time.monotonic() + (math.inf if patient else self.fallback_seconds)
-                meeting = self._meetings[key] = _Meeting(size, member.stage_attempt, deadline)
+                meeting = self._meetings[key] = _Meeting(size, deadline)
+            other = meeting.members.get(member.rank)
+            if other is not None and other.task_attempt > member.task_attempt:
+                return None
             meeting.members[member.rank] = member
             self._lock.notify_all()
             while True:
                 if meeting.complete:
                     return {"messages": [meeting.members[rank].message for rank in range(size)]}
-                if (
-                    meeting.stage_attempt < self._stage_attempt  # a later attempt has begun
-                    or meeting.members.get(member.rank) is not member  # replaced by its rank
-                ):
+                if meeting.members.get(member.rank) is not member:  # of an earlier attempt
                     return None
                 if len(meeting.members) == meeting.size and not meeting.fallback:
                     meeting.drop_closed()
@@ -129,6 +136,18 @@ class RendezvousServer(SecretServer):
                     self._leave(key, meeting, member)
                     return None
 
+    def _drop_earlier_attempts(self, highest_earlier_id: int) -> None:
+        """Drop waiting members with ids up to ``highest_earlier_id`` from every meeting."""
+        for key, meeting in list(self._meetings.items()):
+            meeting.members = {
+                rank: waiting
+                for rank, waiting in meeting.members.items()
+                if waiting.task_attempt > highest_earlier_id
+            }
+            if not meeting.members:
+                del self._meetings[key]  # only a failed attempt had come: start afresh
+        self._lock.notify_all()
+
     def _leave(self, key: str, meeting: _Meeting, member: _Member) -> None:
         if meeting.members.get(member.rank) is member:
             del meeting.members[member.rank]
@@ -139,15 +158,14 @@ class RendezvousServer(SecretServer):
 @dataclasses.dataclass
 class _Member:
     rank: int
-    stage_attempt: int
+    task_attempt: int
     message: str
     connection: socket.socket
 
 
 class _Meeting:
-    def __init__(self, size: int, stage_attempt: int, deadline: float) -> None:
+    def __init__(self, size: int, deadline: float) -> None:
         self.size = size
-        self.stage_attempt = stage_attempt
         self.deadline = deadline
         self.members: dict[int, _Member] = {}
         self.fallback = False
@@ -189,7 +207,7 @@ def gather(
 ) -> list[str] | None:
     """Every rank's message for ``key`` (by rank), or ``None`` when the tasks use ``allGather``.
 
-    ``member`` is this task's ``(rank, stage attempt number)``. ``patient`` meetings never fall
+    ``member`` is this task's ``(rank, task attempt id)``. ``patient`` meetings never fall
     back: they wait as long as the last task needs (the end of a parameter-server cluster's
     training), for tasks that all met on the driver before.
 
@@ -211,11 +229,11 @@ def gather(
         try:
             connection.settimeout(None)
             _keep_alive(connection)
-            rank, stage_attempt = member
+            rank, task_attempt = member
             request = {
                 "key": key,
                 "rank": rank,
-                "stage_attempt": stage_attempt,
+                "task_attempt": task_attempt,
                 "size": size,
                 "message": message,
                 "patient": patient,

@@ -5,8 +5,9 @@ process-wide flag that switches every ``pyspark.ml`` class to its remote mode.
 
 * loads ``DIR/classic`` (saved by a classic session) and writes its transform's probabilities
   to ``DIR/on_classic.npy``;
-* refuses three workers for two task slots, fits a two-worker model, saves it twice with ``overwrite()`` to ``DIR/connect`` and as the
-  only stage of a PipelineModel to ``DIR/pipeline``, and writes its probabilities to
+* refuses three workers for two task slots, fits a two-worker model, saves it (and its
+  estimator, which it reloads) twice with ``overwrite()`` to ``DIR/connect`` and as the only
+  stage of a PipelineModel to ``DIR/pipeline``, and writes its probabilities to
   ``DIR/connect.npy`` and those of the reloaded pipeline to ``DIR/pipeline.npy``.
 """
 
@@ -55,6 +56,10 @@ def main(directory: str) -> None:
     for _ in range(2):  # the second save must replace the first
         fitted.write().overwrite().save(os.path.join(directory, "connect"))
         PipelineModel(stages=[fitted]).write().overwrite().save(os.path.join(directory, "pipeline"))
+        estimator.write().overwrite().save(os.path.join(directory, "estimator"))
+    reloaded = SparkKerasEstimator.load(os.path.join(directory, "estimator"))
+    assert (reloaded.getNumWorkers(), reloaded.getBatchSize()) == (2, 32)
+    assert reloaded.getModel().count_params() == model.count_params()
     np.save(os.path.join(directory, "connect.npy"), probabilities(fitted.transform(frame)))
     pipeline = PipelineModel.load(os.path.join(directory, "pipeline"))
     np.save(os.path.join(directory, "pipeline.npy"), probabilities(pipeline.transform(frame)))

@@ -182,6 +182,17 @@ class Identity(keras.layers.Layer):
         return inputs
 
 
+def test_files_read_through_spark_come_back_whole_from_chunks(spark, tmp_path):
+    """How Spark Connect reads a saved model file: no row may outgrow a Connect message."""
+    data = bytes(range(256)) * 3 + b"end"
+    (tmp_path / "model.keras").write_bytes(data)
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    for chunk_bytes in (7, 256, len(data), 1 << 20):
+        path = str(tmp_path / "model.keras")
+        assert persistence.read_file_through_spark(spark, path, chunk_bytes) == data
+    assert persistence.read_file_through_spark(spark, str(tmp_path / "empty.pkl"), 7) == b""
+
+
 def test_saved_estimators_carry_registered_custom_objects(spark, tmp_path):
     """A fresh process may not have registered them: they travel like the fitted model's."""
     model = keras.Sequential(

@@ -13,13 +13,14 @@ from sparkeras.rendezvous import RendezvousError, RendezvousServer, gather
 
 
 def _gather_all(
-    server: RendezvousServer, key: str, ranks: list[int], size: int, attempt: int = 0
+    server: RendezvousServer, key: str, ranks: list[int], size: int, attempt: int = 100
 ) -> dict:
-    """Each rank's answer, all ranks of stage attempt ``attempt``."""
+    """Each rank's answer; task attempt ids are ``attempt + rank`` (one block, as Spark numbers
+    a barrier stage attempt's tasks)."""
     answers: dict[int, list[str] | None] = {}
 
     def join(rank: int) -> None:
-        member = (rank, attempt)
+        member = (rank, attempt + rank)
         answers[rank] = gather(server.address, server.secret, key, member, size, f"from {rank}")
 
     threads = [threading.Thread(target=join, args=(rank,)) for rank in ranks]
@@ -34,13 +35,14 @@ def test_every_task_gets_every_message_by_rank():
     with RendezvousServer("localhost") as server:
         answers = _gather_all(server, "0-0", [2, 0, 1], size=3)
         assert answers == {rank: ["from 0", "from 1", "from 2"] for rank in range(3)}
-        # A completed meeting is forgotten: a retried stage meets afresh under the same key.
-        assert _gather_all(server, "0-0", [1, 0], size=2)[0] == ["from 0", "from 1"]
+        # A completed meeting is forgotten: a retried stage (higher task attempt ids) meets
+        # afresh under the same key.
+        assert _gather_all(server, "0-0", [1, 0], size=2, attempt=103)[0] == ["from 0", "from 1"]
 
 
 def test_a_task_that_dies_while_waiting_leaves_the_meeting():
     with RendezvousServer("localhost") as server:
-        with _join_raw(server, rank=0, stage_attempt=0):  # a task that then dies
+        with _join_raw(server, rank=0, task_attempt=100):  # a task that then dies
             time.sleep(0.3)
         time.sleep(0.3)  # the server notices the closed connection
         answers = _gather_all(server, "0", [1, 0], size=2)
@@ -88,37 +90,48 @@ def test_a_wrong_secret_gets_no_answer():
 
 
 def test_a_retried_stage_does_not_meet_a_failed_attempts_task():
-    # Rank 0 of a failed attempt (stage attempt 0) whose connection looks alive.
+    # Rank 0 of a failed attempt (task attempt ids 10 and 11) whose connection looks alive.
     with (
         RendezvousServer("localhost") as server,
-        _join_raw(server, rank=0, stage_attempt=0) as stale,
+        _join_raw(server, rank=0, task_attempt=10) as stale,
     ):
         time.sleep(0.3)
-        # The retried attempt's tasks meet each other, not the stale task.
-        answers = _gather_all(server, "0", [1, 0], size=2, attempt=1)
+        # The retried attempt's tasks (ids 12 and 13) meet each other, not the stale task.
+        answers = _gather_all(server, "0", [1, 0], size=2, attempt=12)
         assert answers == {0: ["from 0", "from 1"], 1: ["from 0", "from 1"]}
         assert stale.recv(100) == b""  # the stale task is dropped, without an answer
 
 
-def test_a_failed_attempts_task_that_arrives_late_does_not_join_the_retry():
-    """Rank 1 of the failed attempt arrives after rank 0 of the retry, before its rank 1."""
+def test_a_failed_attempts_task_that_arrives_late_is_turned_away():
+    """The failed attempt had ids 10 and 11, the retry has 12 (rank 1) and 13 (rank 0)."""
     with RendezvousServer("localhost") as server:
         answers: dict[int, list[str] | None] = {}
-        first = threading.Thread(target=lambda: answers.update(_gather_all(server, "0", [0], 2, 1)))
-        first.start()
-        time.sleep(0.3)
-        with _join_raw(server, rank=1, stage_attempt=0) as stale:
-            assert stale.recv(100) == b""  # told nothing: its attempt is over
-            answers.update(_gather_all(server, "0", [1], size=2, attempt=1))
-        first.join(10)
-        assert answers == {0: ["from 0", "from 1"], 1: ["from 0", "from 1"]}
+
+        def join(rank: int, task_attempt: int) -> threading.Thread:
+            def run() -> None:
+                member = (rank, task_attempt)
+                answers[rank] = gather(server.address, server.secret, "0", member, 2, f"{rank}")
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            time.sleep(0.3)
+            return thread
+
+        # Retry rank 0 (id 13) first: the late rank 1 of the failed attempt (id 11) is 2 below
+        # it, so certainly of an earlier attempt, and turned away.
+        first = join(0, 13)
+        with _join_raw(server, rank=1, task_attempt=11) as stale:
+            assert stale.recv(100) == b""
+        second = join(1, 12)
+        first.join(10), second.join(10)
+        assert answers == {0: ["0", "1"], 1: ["0", "1"]}
 
 
-def _join_raw(server: RendezvousServer, rank: int, stage_attempt: int) -> socket.socket:
+def _join_raw(server: RendezvousServer, rank: int, task_attempt: int) -> socket.socket:
     """A task's connection that has joined a meeting under key "0" of size 2 and waits."""
     host, port = server.address.rsplit(":", 1)
     connection = socket.create_connection((host, int(port)))
-    request = {"key": "0", "rank": rank, "stage_attempt": stage_attempt, "size": 2}
+    request = {"key": "0", "rank": rank, "task_attempt": task_attempt, "size": 2}
     request.update(message="stale", patient=False)
     connection.sendall(f"{server.secret}\n{json.dumps(request)}\n".encode())
     connection.settimeout(10)
@@ -128,8 +141,8 @@ def _join_raw(server: RendezvousServer, rank: int, stage_attempt: int) -> socket
 def test_a_failed_attempts_task_that_arrives_after_the_retry_met_is_turned_away():
     """Not left to start a meeting of its own and wait for the fallback deadline."""
     with RendezvousServer("localhost", fallback_seconds=60) as server:
-        assert _gather_all(server, "0", [0, 1], size=2, attempt=1)[0] == ["from 0", "from 1"]
-        with _join_raw(server, rank=1, stage_attempt=0) as stale:
+        assert _gather_all(server, "0", [0, 1], size=2, attempt=12)[0] == ["from 0", "from 1"]
+        with _join_raw(server, rank=1, task_attempt=11) as stale:
             assert stale.recv(100) == b""  # at once (the socket times out after 10 s)
         # The next meeting of the retry is not disturbed.
-        assert _gather_all(server, "1", [1, 0], size=2, attempt=1)[1] == ["from 0", "from 1"]
+        assert _gather_all(server, "1", [1, 0], size=2, attempt=12)[1] == ["from 0", "from 1"]

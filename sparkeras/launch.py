@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import random
 import re
@@ -156,8 +157,23 @@ def task_slots_from_conf(conf: Callable[[str], str | None]) -> int | None:
         conf("spark.task.resource.gpu.amount"),
     )
     if gpus and task_gpus:  # GPU scheduling: a task also needs its share of a GPU
-        per_executor = min(per_executor, int(float(gpus) / float(task_gpus)))
+        per_executor = min(per_executor, _tasks_per_resource(int(gpus), float(task_gpus)))
     return executors * per_executor
+
+
+def _tasks_per_resource(amount: int, per_task: float) -> int:
+    """Tasks that ``amount`` whole resources (GPUs) serve at ``per_task`` each, as Spark counts:
+    a fraction of at most 0.5 packs ``floor(1 / per_task)`` tasks onto each one, a larger
+    amount takes whole resources.
+
+    Examples
+    --------
+    >>> _tasks_per_resource(2, 0.4), _tasks_per_resource(3, 0.4), _tasks_per_resource(4, 2.0)
+    (4, 6, 2)
+    """
+    if per_task <= 0.5:
+        return amount * math.floor(1 / per_task)
+    return amount // math.ceil(per_task)
 
 
 #: Spark's size suffixes, as powers of 1024 (a bare number is bytes).

@@ -178,7 +178,7 @@ def read_file_through_spark(
         .load(path)
         .selectExpr(
             f"posexplode(transform(sequence(0, greatest(ceil(length / {chunk_bytes}) - 1, 0)), "
-            f"i -> substr(content, i * {chunk_bytes} + 1, {chunk_bytes})))"
+            f"i -> substr(content, cast(i * {chunk_bytes} + 1 AS int), {chunk_bytes})))"
         )
         .collect()
     )

@@ -95,9 +95,10 @@ class RendezvousServer(SecretServer):
         waits in a meeting it is dropped from it. Of two tasks with the same rank, the one with
         the higher id is the later attempt's. What ids cannot tell apart is a late task of the
         failed attempt whose id is within ``size`` of every id of the retry seen so far: it
-        takes its rank's place until the retry's own task of that rank arrives, and if it
-        completes the meeting first, the retry's tasks meet a dead peer (they stall until
-        ``stallTimeout``, and Spark retries the stage once more).
+        takes its rank's place until the retry's own task of that rank arrives. If it completes
+        the meeting first, the retry trains with that task in its rank's place, and the retry's
+        own task of that rank, alone in a new meeting, falls back to ``allGather`` and waits
+        there until the stage attempt ends (see docs/architecture.md).
         """
         with self._lock:
             if member.task_attempt <= self._latest_task_attempt - size:
@@ -115,10 +116,12 @@ class RendezvousServer(SecretServer):
             meeting.members[member.rank] = member
             self._lock.notify_all()
             while True:
+                # Membership first: a member dropped as an earlier attempt's must not get the
+                # answer of a meeting that the retry's tasks completed meanwhile.
+                if meeting.members.get(member.rank) is not member:
+                    return None
                 if meeting.complete:
                     return {"messages": [meeting.members[rank].message for rank in range(size)]}
-                if meeting.members.get(member.rank) is not member:  # of an earlier attempt
-                    return None
                 if len(meeting.members) == meeting.size and not meeting.fallback:
                     meeting.drop_closed()
                     if len(meeting.members) == meeting.size:

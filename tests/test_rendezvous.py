@@ -15,8 +15,8 @@ from sparkeras.rendezvous import RendezvousError, RendezvousServer, gather
 def _gather_all(
     server: RendezvousServer, key: str, ranks: list[int], size: int, attempt: int = 100
 ) -> dict:
-    """Each rank's answer; task attempt ids are ``attempt + rank`` (one block, as Spark numbers
-    a barrier stage attempt's tasks)."""
+    """Each rank's answer; task attempt ids are ``attempt + rank``: one block of consecutive
+    ids, as Spark gives a barrier stage attempt's tasks (in any order of ranks)."""
     answers: dict[int, list[str] | None] = {}
 
     def join(rank: int) -> None:
@@ -146,3 +146,52 @@ def test_a_failed_attempts_task_that_arrives_after_the_retry_met_is_turned_away(
             assert stale.recv(100) == b""  # at once (the socket times out after 10 s)
         # The next meeting of the retry is not disturbed.
         assert _gather_all(server, "1", [1, 0], size=2, attempt=12)[1] == ["from 0", "from 1"]
+
+
+class _SlowFirstWaiter(threading.Condition):
+    """The first thread that waits gets back its lock only after the others have moved on,
+    as a thread the OS leaves unscheduled for a while would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow: int | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.slow is None:
+            self.slow = threading.get_ident()
+        if self.slow != threading.get_ident():
+            return super().wait(timeout)
+        self.release()
+        time.sleep(1.0)
+        self.acquire()
+        return True
+
+
+def test_a_dropped_task_never_gets_the_answer_of_the_meeting_it_was_dropped_from():
+    """Three tasks; the failed attempt had ids 9-11, the retry has 12-14. The failed attempt's
+    rank 0 waits; the retry's rank 2 (id 14) drops it, and the retry's rank 0 completes the
+    meeting before the dropped task's thread runs again."""
+    with RendezvousServer("localhost") as server:
+        server._lock = _SlowFirstWaiter()
+        host, port = server.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as stale:
+            request = {"key": "0", "rank": 0, "task_attempt": 11, "size": 3}
+            request.update(message="stale", patient=False)
+            stale.sendall(f"{server.secret}\n{json.dumps(request)}\n".encode())
+            stale.settimeout(10)
+            time.sleep(0.3)
+            ids = {0: 13, 1: 12, 2: 14}
+            answers: dict[int, list[str] | None] = {}
+
+            def join(rank: int) -> None:
+                member = (rank, ids[rank])
+                answers[rank] = gather(server.address, server.secret, "0", member, 3, f"{rank}")
+
+            threads = [threading.Thread(target=join, args=(rank,)) for rank in (1, 2, 0)]
+            for thread in threads:
+                thread.start()
+                time.sleep(0.05)
+            for thread in threads:
+                thread.join(10)
+            assert answers == {rank: ["0", "1", "2"] for rank in range(3)}
+            assert stale.recv(100) == b""  # no answer for the dropped task

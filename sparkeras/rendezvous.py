@@ -96,9 +96,9 @@ class RendezvousServer(SecretServer):
         the higher id is the later attempt's. What ids cannot tell apart is a late task of the
         failed attempt whose id is within ``size`` of every id of the retry seen so far: it
         takes its rank's place until the retry's own task of that rank arrives. If it completes
-        the meeting first, the retry trains with that task in its rank's place, and the retry's
-        own task of that rank, alone in a new meeting, falls back to ``allGather`` and waits
-        there until the stage attempt ends (see docs/architecture.md).
+        the meeting first, the retry starts training with that task in its rank's place, until
+        Spark's kill of the failed attempt's tasks ends it and the retry fails too (see
+        docs/architecture.md).
         """
         with self._lock:
             if member.task_attempt <= self._latest_task_attempt - size:

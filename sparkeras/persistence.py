@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import pyspark
@@ -175,7 +176,7 @@ def read_file_through_spark(
     ``chunk_bytes`` (one row each), so that no single row outgrows a Spark Connect message."""
     chunks = (
         spark.read.format("binaryFile")
-        .load(path)
+        .load(re.sub(r"([\\\[\]{}*?])", r"\\\1", path))  # a path, not a glob pattern
         .selectExpr(
             f"posexplode(transform(sequence(0, greatest(ceil(length / {chunk_bytes}) - 1, 0)), "
             f"i -> substr(content, cast(i * {chunk_bytes} + 1 AS int), {chunk_bytes})))"

@@ -191,6 +191,11 @@ def test_files_read_through_spark_come_back_whole_from_chunks(spark, tmp_path):
         path = str(tmp_path / "model.keras")
         assert persistence.read_file_through_spark(spark, path, chunk_bytes) == data
     assert persistence.read_file_through_spark(spark, str(tmp_path / "empty.pkl"), 7) == b""
+    # A path is not a glob pattern: brackets, braces and stars are plain characters.
+    odd = tmp_path / "run[1]{a,b}*?"
+    odd.mkdir()
+    (odd / "model.keras").write_bytes(data)
+    assert persistence.read_file_through_spark(spark, str(odd / "model.keras"), 100) == data
 
 
 def test_saved_estimators_carry_registered_custom_objects(spark, tmp_path):

@@ -8,6 +8,7 @@ travel with cloudpickle, because Keras' own serialisation only records their *na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import tempfile
 import types
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import cloudpickle
@@ -69,9 +70,7 @@ def model_from_bytes(
         with open(path, "wb") as file:
             file.write(data)
         try:
-            with warnings.catch_warnings():
-                # A model saved before its first fit has an unbuilt optimizer: nothing to restore.
-                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+            with unbuilt_optimizer_warning_ignored():
                 return keras.saving.load_model(
                     path,
                     custom_objects=dict(custom_objects or {}),
@@ -80,6 +79,16 @@ def model_from_bytes(
                 )
         except Exception as error:
             raise ModelSerializationError(_explain_load_error(error)) from error
+
+
+@contextlib.contextmanager
+def unbuilt_optimizer_warning_ignored() -> Iterator[None]:
+    """Silence Keras' warning that an optimizer's variables were not restored, for a block that
+    rebuilds a model: a model compiled but not yet fitted has an unbuilt optimizer, and so
+    nothing to restore."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+        yield
 
 
 def _explain_load_error(error: Exception) -> str:

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import inspect
 import random
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,9 +93,12 @@ class _KerasEstimator(BaseEstimator):
         copy from its config, and unregistered custom layers need ``custom_objects`` for that."""
         import keras
 
-        with keras.saving.custom_object_scope(self.custom_objects or {}), warnings.catch_warnings():
-            # A compiled model's unbuilt optimizer has nothing to restore (as in serialization).
-            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+        from sparkeras import serialization
+
+        with (
+            keras.saving.custom_object_scope(self.custom_objects or {}),
+            serialization.unbuilt_optimizer_warning_ignored(),
+        ):
             return super().__sklearn_clone__()
 
     # ----------------------------------------------------------------------------- params

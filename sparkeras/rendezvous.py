@@ -142,11 +142,7 @@ class RendezvousServer(SecretServer):
     def _drop_earlier_attempts(self, highest_earlier_id: int) -> None:
         """Drop waiting members with ids up to ``highest_earlier_id`` from every meeting."""
         for key, meeting in list(self._meetings.items()):
-            meeting.members = {
-                rank: waiting
-                for rank, waiting in meeting.members.items()
-                if waiting.task_attempt > highest_earlier_id
-            }
+            meeting.drop_stale(highest_earlier_id)
             if not meeting.members:
                 del self._meetings[key]  # only a failed attempt had come: start afresh
         self._lock.notify_all()
@@ -173,6 +169,11 @@ class _Meeting:
         self.members: dict[int, _Member] = {}
         self.fallback = False
         self.complete = False
+
+    def drop_stale(self, highest_earlier_id: int) -> None:
+        """Forget members whose task attempt id is ``highest_earlier_id`` or lower."""
+        for rank in [r for r, m in self.members.items() if m.task_attempt <= highest_earlier_id]:
+            del self.members[rank]
 
     def drop_closed(self) -> None:
         """Forget members whose task has gone."""

@@ -127,11 +127,13 @@ def test_a_failed_attempts_task_that_arrives_late_is_turned_away():
         assert answers == {0: ["0", "1"], 1: ["0", "1"]}
 
 
-def _join_raw(server: RendezvousServer, rank: int, task_attempt: int) -> socket.socket:
-    """A task's connection that has joined a meeting under key "0" of size 2 and waits."""
+def _join_raw(
+    server: RendezvousServer, rank: int, task_attempt: int, size: int = 2
+) -> socket.socket:
+    """A task's connection that has joined a meeting under key "0" of ``size`` and waits."""
     host, port = server.address.rsplit(":", 1)
     connection = socket.create_connection((host, int(port)))
-    request = {"key": "0", "rank": rank, "task_attempt": task_attempt, "size": 2}
+    request = {"key": "0", "rank": rank, "task_attempt": task_attempt, "size": size}
     request.update(message="stale", patient=False)
     connection.sendall(f"{server.secret}\n{json.dumps(request)}\n".encode())
     connection.settimeout(10)
@@ -173,12 +175,7 @@ def test_a_dropped_task_never_gets_the_answer_of_the_meeting_it_was_dropped_from
     meeting before the dropped task's thread runs again."""
     with RendezvousServer("localhost") as server:
         server._lock = _SlowFirstWaiter()
-        host, port = server.address.rsplit(":", 1)
-        with socket.create_connection((host, int(port))) as stale:
-            request = {"key": "0", "rank": 0, "task_attempt": 11, "size": 3}
-            request.update(message="stale", patient=False)
-            stale.sendall(f"{server.secret}\n{json.dumps(request)}\n".encode())
-            stale.settimeout(10)
+        with _join_raw(server, rank=0, task_attempt=11, size=3) as stale:
             time.sleep(0.3)
             ids = {0: 13, 1: 12, 2: 14}
             answers: dict[int, list[str] | None] = {}

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import separable
+from connect_session import probabilities
 
 from sparkeras import SparkKerasModel
 
@@ -52,9 +53,6 @@ def test_fit_transform_save_and_load_over_spark_connect(spark, tmp_path):
         [(i, x.tolist()) for i, x in enumerate(inputs.astype(np.float64))],
         "id long, features array<double>",
     )
-    predicted = [
-        list(row.probability)
-        for row in from_connect.transform(frame).orderBy("id").select("probability").collect()
-    ]
+    predicted = probabilities(from_connect.transform(frame))
     np.testing.assert_array_equal(predicted, np.load(tmp_path / "connect.npy"))
     np.testing.assert_array_equal(np.load(tmp_path / "pipeline.npy"), predicted)

@@ -46,7 +46,7 @@ def test_a_cpu_only_task_hides_gpus_and_uses_the_requested_threads(spark):
 
     features, labels = separable(1_000, 8)
     fitted = SparkKerasEstimator(
-        model=binary_model(8), numWorkers=2, epochs=2, batchSize=64, intraOpThreads=2
+        model=binary_model(8), numWorkers=2, epochs=4, batchSize=64, intraOpThreads=2
     ).fit(array_frame(spark, features, labels))
 
     for report in fitted.workerReports:
@@ -55,4 +55,4 @@ def test_a_cpu_only_task_hides_gpus_and_uses_the_requested_threads(spark):
         assert report["gpus"] == []
         assert report["intra_op_threads"] == 2
         assert report["peak_memory_mib"] > 100  # TensorFlow alone takes more
-    assert fitted.history["accuracy"][-1] > 0.8
+    assert fitted.history["accuracy"][-1] >= 0.9  # 0.96-0.98 over four init seeds

@@ -333,24 +333,39 @@ def test_models_with_a_dict_of_outputs_name_their_columns_by_key(spark):
     np.testing.assert_allclose([r.prediction for r in scored], expected, rtol=1e-6)
 
 
-@pytest.mark.skipif("CUDA_VISIBLE_DEVICES" in os.environ, reason="needs it unset")
-def test_transform_leaves_the_python_workers_environment_as_it_was(
-    spark, binary_fitted, binary_data
-):
-    """Its device variables would otherwise reach later training tasks in the same worker."""
-    binary_fitted.transform(binary_data).collect()
+def test_transform_leaves_the_python_workers_environment_as_it_was():
+    """Its device variables would otherwise reach later training tasks in the same worker.
 
-    def environment(frames):
+    They are only set where TensorFlow starts for the first time, which a Spark test cannot
+    arrange (earlier tests leave TensorFlow in the reused Python workers): a fresh interpreter
+    plays a Python worker, with a task that was given no GPUs.
+    """
+    worker = textwrap.dedent(
+        """
         import os
+        import pyspark
 
-        import pandas as pd
+        class TaskWithoutGpus:
+            def resources(self):
+                return {}
 
-        for _ in frames:
-            pass
-        yield pd.DataFrame({"cuda": [os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")]})
+            def cpus(self):
+                return 1
 
-    seen = spark.range(8, numPartitions=8).mapInPandas(environment, "cuda string").collect()
-    assert {row.cuda for row in seen} == {"<unset>"}
+        pyspark.TaskContext.get = classmethod(lambda cls: TaskWithoutGpus())
+        from sparkeras import inference
+
+        with inference._tensorflow_in_task():
+            during = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+        print(repr(during), repr(os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")))
+        """
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    run = subprocess.run(
+        [sys.executable, "-c", worker], env=environment, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["''", "'<unset>'"]  # hidden while TensorFlow starts only
 
 
 def test_lambda_models_transform_only_after_opting_out_of_safe_mode(spark):

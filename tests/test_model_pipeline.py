@@ -247,9 +247,12 @@ def test_pipeline_cross_validation_and_persistence_in_a_fresh_process(spark, tmp
         estimator=pipeline, estimatorParamMaps=grid, evaluator=evaluator, numFolds=2, parallelism=1
     ).fit(frame)
     assert len(cv_model.avgMetrics) == 4
-    best = int(np.argmax(cv_model.avgMetrics))
-    assert grid[best][estimator.epochs] == 6  # more training wins on separable data
+    assert len(set(cv_model.avgMetrics)) == 4  # each param map trained its own model
     assert max(cv_model.avgMetrics) > 0.9
+    # The best param map reached the fit (AUC saturates on separable data, so which map wins
+    # is not asserted).
+    best = grid[int(np.argmax(cv_model.avgMetrics))]
+    assert len(cv_model.bestModel.stages[-1].history["loss"]) == best[estimator.epochs]
     assert "featuresCol: features column name. (default: features, current: scaled)" in (
         cv_model.bestModel.stages[-1].explainParams()
     )

@@ -23,7 +23,13 @@ from sparkeras import launch, partitioning, progress, serialization, validation
 from sparkeras.model import SparkKerasModel
 from sparkeras.params import SparkKerasTrainingParams
 from sparkeras.persistence import SparkKerasReader, SparkKerasWriter
-from sparkeras.plan import TrainingPlan, per_replica_batch_size, steps_per_execution, task_roles
+from sparkeras.plan import (
+    TrainingPlan,
+    keras_seed,
+    per_replica_batch_size,
+    steps_per_execution,
+    task_roles,
+)
 
 
 def check_param_map(instance: Params, extra: Any) -> None:
@@ -44,7 +50,8 @@ def check_param_map(instance: Params, extra: Any) -> None:
 
 @contextlib.contextmanager
 def _checkpoint_directory(base: str | None) -> Iterator[str]:
-    """This fit's own checkpoint directory under ``base`` (a new temporary one when ``None``).
+    """This fit's own checkpoint directory under ``base`` (a new temporary one when ``None`` or
+    ``""``, as an empty ``logDir`` is unset too).
 
     Every fit gets a fresh directory, so only retries of its own stage resume from it. Workers
     write into it only while it exists. It is removed when the fit succeeds; after a failure, a
@@ -52,7 +59,7 @@ def _checkpoint_directory(base: str | None) -> Iterator[str]:
     """
     import tensorflow as tf  # the file system of checkpointDir may be hdfs://, gs://...
 
-    temporary = base is None
+    temporary = not base
     root = tempfile.mkdtemp(prefix="sparkeras-checkpoints-") if temporary else base
     directory = f"{root.rstrip('/')}/fit-{uuid.uuid4().hex}"
     try:
@@ -363,8 +370,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         model = self.getModel()
         validation.check_compiled_model(model)
         validation.check_learning_rate_override(model, self.getLearningRate())
-        validation.check_callbacks(self.getCallbacks())
         strategy, num_workers, num_ps = self._cluster_shape()
+        validation.check_callbacks(self.getCallbacks(), strategy)
         if strategy == "mirrored":
             per_worker = per_replica_batch_size(self.getBatchSize(), num_workers)
             if per_worker * num_workers != self.getBatchSize():
@@ -394,7 +401,8 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         serialization.model_from_bytes(model_bytes, custom_objects, safe_mode=self.getSafeMode())
 
         # The only Spark job before training, once everything else has been checked.
-        columns = [features.column, label.column, label.weight_column]
+        # An autoencoder's label is its features column: select it once.
+        columns = dict.fromkeys([features.column, label.column, label.weight_column])
         data = dataset.select(*[column for column in columns if column is not None])
         stats = validation.collect_data_stats(data, features, label)
         rows = validation.check_data(stats, features, label, self.getHandleInvalid(), num_workers)
@@ -416,11 +424,11 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             global_batch_size=self.getBatchSize(),
             steps_per_epoch=self.getStepsPerEpoch(),
             validation_fraction=self.getValidationFraction(),
-            seed=self.getOrDefault(self.seed),
+            seed=keras_seed(self.getOrDefault(self.seed)),
             safe_mode=self.getSafeMode(),
             learning_rate=self.getLearningRate(),
             num_ps=num_ps,
-            staging_dir=self.getStagingDir(),
+            staging_dir=self.getStagingDir() or None,
             checkpoint_dir=checkpoint_dir,
             stall_timeout=self.getStallTimeout(),
             intra_op_threads=self.getIntraOpThreads(),

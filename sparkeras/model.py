@@ -172,12 +172,7 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
             output_names=validation.model_output_names(keras_model) if multi_output else (),
             output_widths=tuple(int(out.shape[-1] or 1) for out in keras_model.outputs),
         )
-        existing = [field.name for field in output.fields() if field.name in dataset.columns]
-        if existing:
-            raise ValueError(
-                f"Output column(s) {existing} already exist in the DataFrame; rename them with "
-                "setPredictionCol / setRawPredictionCol / setProbabilityCol, or set '' to skip."
-            )
+        _check_output_columns(output, dataset.columns)
         predictor = inference.BatchPredictor(
             model_bytes=self._model_bytes,
             custom_objects_bytes=self._custom_objects_bytes,
@@ -190,3 +185,25 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
             return dataset.select("*", *predictor.columns())
         schema = StructType([*dataset.schema.fields, *output.fields()])
         return dataset.mapInArrow(predictor.map_in_arrow_function(), schema)
+
+
+def _check_output_columns(output: OutputSpec, columns: list[str]) -> None:
+    """The columns ``transform`` adds must be new, and different from each other."""
+    if output.mode == "multi_output" and not output.prediction_col:
+        raise ValueError(
+            "predictionCol='' cannot leave out a multi-output model's columns: it is the prefix "
+            "of their names ({predictionCol}_{output name}). Set predictionCol."
+        )
+    names = [field.name for field in output.fields()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"Output column name(s) {repeated} are used twice: predictionCol, rawPredictionCol and "
+            "probabilityCol must differ (or be '' to skip one)."
+        )
+    existing = [name for name in names if name in columns]
+    if existing:
+        raise ValueError(
+            f"Output column(s) {existing} already exist in the DataFrame; rename them with "
+            "setPredictionCol / setRawPredictionCol / setProbabilityCol, or set '' to skip."
+        )

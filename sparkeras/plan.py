@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import operator
 from typing import Any, Literal
 
 #: Training steps per call into TensorFlow when neither the param nor the compiled model set it.
@@ -112,6 +113,19 @@ class TrainingPlan:
         values["features"] = FeatureSpec(**values["features"])
         values["label"] = LabelSpec(**values["label"])
         return cls(**values)
+
+
+def keras_seed(seed: int) -> int:
+    """A seed that Keras, TensorFlow and numpy accept (``[0, 2**32)``) for any integer.
+
+    Spark seeds are 64-bit longs, often negative (pyspark's own default is a hash).
+
+    Examples
+    --------
+    >>> keras_seed(-1), keras_seed(2**40 + 5), keras_seed(7)
+    (4294967295, 5, 7)
+    """
+    return operator.index(seed) % 2**32
 
 
 def task_roles(strategy: str, num_workers: int, num_ps: int) -> list[Role]:

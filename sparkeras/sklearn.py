@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import numbers
+import operator
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +26,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from sparkeras.plan import keras_seed
 
 ROUTES = ("model", "compile", "optimizer", "fit")
 
@@ -59,7 +63,7 @@ class _KerasEstimator(BaseEstimator):
         epochs: int = 1,
         batch_size: int = 32,
         verbose: int = 0,
-        random_state: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
         callbacks: list | None = None,
         validation_split: float = 0.0,
         warm_start: bool = False,
@@ -172,7 +176,8 @@ class _KerasEstimator(BaseEstimator):
         if first:
             self._learn_target_layout(y, classes)
             self.history_ = {}
-        with _seeded(self.random_state):
+        seed = _fit_seed(self.random_state)
+        with _seeded(seed):
             if first:
                 self.model_ = self._build_model(routed)
             targets = self._encode_targets(y)
@@ -180,7 +185,7 @@ class _KerasEstimator(BaseEstimator):
             if self.num_workers is None:
                 history = self._fit_here(X, targets, weights, epochs, routed["fit"])
             else:
-                history = self._fit_on_spark(X, targets, weights, epochs, routed["fit"])
+                history = self._fit_on_spark(X, targets, weights, epochs, routed["fit"], seed)
         for key, values in history.items():
             self.history_.setdefault(key, []).extend(float(value) for value in values)
         return self
@@ -209,7 +214,13 @@ class _KerasEstimator(BaseEstimator):
         return result.history
 
     def _fit_on_spark(
-        self, X: np.ndarray, targets: np.ndarray, weights: Any, epochs: int, fit_kwargs: dict
+        self,
+        X: np.ndarray,
+        targets: np.ndarray,
+        weights: Any,
+        epochs: int,
+        fit_kwargs: dict,
+        seed: int | None,
     ) -> dict[str, list[float]]:
         if fit_kwargs:
             raise ValueError(
@@ -227,20 +238,22 @@ class _KerasEstimator(BaseEstimator):
         if weights is not None:
             columns["weight"] = weights
         frame = spark.createDataFrame(pd.DataFrame(columns))
+        # Plain Python values: Spark's param converters refuse numpy scalars such as np.int32,
+        # which grid searches produce, and Keras' verbose="auto".
         estimator = SparkKerasEstimator(
             model=self.model_,
-            numWorkers=self.num_workers,
+            numWorkers=operator.index(self.num_workers),
             strategy=self.strategy,
-            numPs=self.num_ps,
-            epochs=epochs,
-            batchSize=self.batch_size,
-            validationFraction=self.validation_split,
+            numPs=None if self.num_ps is None else operator.index(self.num_ps),
+            epochs=operator.index(epochs),
+            batchSize=operator.index(self.batch_size),
+            validationFraction=float(self.validation_split),
             callbacks=list(self.callbacks or []),
             customObjects=self.custom_objects,
-            seed=0 if self.random_state is None else self.random_state,
+            seed=0 if seed is None else seed,
             weightCol="weight" if weights is not None else None,
-            verbose=self.verbose,
-            safeMode=self.safe_mode,
+            verbose=1 if self.verbose == "auto" else int(self.verbose),
+            safeMode=bool(self.safe_mode),
         )
         fitted = estimator.fit(frame)
         self.model_ = fitted.getKerasModel()
@@ -314,8 +327,8 @@ class _KerasEstimator(BaseEstimator):
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
-        # Training is reproducible for a fixed random_state, except asynchronous PS training.
-        tags.non_deterministic = self.random_state is None or (
+        # Training is reproducible for a fixed int random_state, except asynchronous PS training.
+        tags.non_deterministic = not isinstance(self.random_state, numbers.Integral) or (
             self.num_workers is not None and self.strategy == "parameter_server"
         )
         return tags
@@ -413,8 +426,9 @@ class KerasClassifier(ClassifierMixin, _KerasEstimator):
         called with ``n_features_in``, ``n_classes`` and the ``model__*`` params it accepts.
     epochs, batch_size, verbose, callbacks, validation_split
         As in Keras' ``fit``.
-    random_state : int, optional
-        Seeds weight initialisation, shuffling and dropout, for reproducible fits.
+    random_state : int, numpy.random.RandomState or None
+        Seeds weight initialisation, shuffling and dropout. An int makes fits reproducible; a
+        ``RandomState`` draws a new seed for each fit.
     warm_start : bool
         ``fit`` continues training the fitted model instead of starting anew.
     class_weight : dict, "balanced" or None
@@ -453,7 +467,7 @@ class KerasClassifier(ClassifierMixin, _KerasEstimator):
         epochs: int = 1,
         batch_size: int = 32,
         verbose: int = 0,
-        random_state: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
         callbacks: list | None = None,
         validation_split: float = 0.0,
         warm_start: bool = False,
@@ -491,6 +505,16 @@ class KerasClassifier(ClassifierMixin, _KerasEstimator):
         ``classes`` (all labels that will ever be seen) is needed on the first call when that
         batch does not contain every class.
         """
+        given = None if classes is None else np.unique(np.asarray(classes))
+        if (
+            given is not None
+            and hasattr(self, "classes_")
+            and not np.array_equal(given, self.classes_)
+        ):
+            raise ValueError(
+                f"classes={given.tolist()} differs from {self.classes_.tolist()}, the classes of "
+                "the first partial_fit; pass the same classes, or start anew with fit."
+            )
         return self._train(X, y, sample_weight, epochs=1, warm=True, classes=classes)
 
     def _learn_target_layout(self, y: np.ndarray, classes: Any) -> None:
@@ -588,6 +612,12 @@ class KerasRegressor(RegressorMixin, _KerasEstimator):
             raise ValueError(
                 f"y has {outputs} outputs, but the model was fitted with {self.n_outputs_}."
             )
+        units = int(np.prod(self.model_.outputs[0].shape[1:]))
+        if units != outputs:  # Keras' losses would broadcast one against the other silently
+            raise ValueError(
+                f"The model has {units} output unit(s), but y has {outputs} output(s); end the "
+                f"model with Dense({outputs}) (or use the n_outputs argument of a model callable)."
+            )
         return np.asarray(y, dtype=np.float32)
 
     def predict(self, X: Any) -> np.ndarray:
@@ -599,6 +629,15 @@ class KerasRegressor(RegressorMixin, _KerasEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+def _fit_seed(random_state: Any) -> int | None:
+    """The seed of one fit: ``None`` (unseeded), one drawn from a ``RandomState``, or the int."""
+    if random_state is None:
+        return None
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**32, dtype=np.int64))
+    return keras_seed(random_state)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ nulls, array widths) is computed in one aggregation job (:func:`collect_data_sta
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 from pyspark.ml.linalg import VectorUDT
@@ -53,8 +54,23 @@ def check_compiled_model(model: Any) -> None:
         )
 
 
-def check_callbacks(callbacks: list | None) -> None:
-    """Refuse callbacks that cannot work on the workers."""
+#: Callback hooks that the parameter-server loop never calls: it schedules steps on remote
+#: workers and evaluates on a local copy of the model, so only the train and epoch hooks run.
+_HOOKS_WITHOUT_PARAMETER_SERVERS = (
+    "on_batch_begin",
+    "on_batch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_begin",
+    "on_test_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+)
+
+
+def check_callbacks(callbacks: list | None, strategy: str) -> None:
+    """Refuse callbacks that cannot work on the workers, and warn about parameter-server
+    callbacks whose batch or validation hooks would not be called."""
     import keras
 
     for callback in callbacks or []:
@@ -65,6 +81,34 @@ def check_callbacks(callbacks: list | None) -> None:
                 "where), and in Keras 3 every worker would write the same backup directory. "
                 "Remove it from callbacks."
             )
+    if strategy != "parameter_server":
+        return
+    ignored = [type(callback).__name__ for callback in callbacks or [] if _acts_per_batch(callback)]
+    if ignored:
+        warnings.warn(
+            f"strategy='parameter_server' calls only the train and epoch hooks of callbacks "
+            f"(on_train_begin/end, on_epoch_begin/end): the batch-level or validation hooks of "
+            f"{ignored} will not run. Act at epoch ends (e.g. ModelCheckpoint(save_freq='epoch')),"
+            " or use strategy='mirrored'.",
+            stacklevel=4,
+        )
+
+
+def _acts_per_batch(callback: Any) -> bool:
+    """Whether ``callback`` does anything in the hooks the parameter-server loop never calls."""
+    import keras
+
+    if isinstance(callback, keras.callbacks.ModelCheckpoint):
+        return callback.save_freq != "epoch"
+    if isinstance(callback, keras.callbacks.TensorBoard):
+        return callback.update_freq != "epoch"
+    if isinstance(callback, keras.callbacks.TerminateOnNaN):
+        return False  # sparkeras itself stops on a NaN loss at the end of the epoch
+    base = keras.callbacks.Callback
+    return any(
+        hook in vars(callback) or getattr(type(callback), hook) is not getattr(base, hook)
+        for hook in _HOOKS_WITHOUT_PARAMETER_SERVERS
+    )
 
 
 def check_learning_rate_override(model: Any, learning_rate: float | None) -> None:

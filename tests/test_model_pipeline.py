@@ -96,6 +96,9 @@ def test_transform_errors(binary_fitted, binary_data):
         binary_fitted.transform(narrow).collect()
     with pytest.raises(ValueError, match=r"Output column\(s\) \['probability'\] already exist"):
         binary_fitted.transform(binary_data.withColumn("probability", binary_data.label))
+    clash = {binary_fitted.predictionCol: "probability"}
+    with pytest.raises(ValueError, match=r"\['probability'\] are used twice"):
+        binary_fitted.transform(binary_data, clash)
 
 
 def test_streaming_transform_matches_batch(spark, binary_fitted, binary_data, tmp_path):
@@ -318,6 +321,9 @@ def test_multi_output_models_give_one_array_column_per_output(spark):
     expected_total, expected_pair = model.predict(np.array([[1, 2, 3], [0, -1, 0.5]]), verbose=0)
     np.testing.assert_allclose([r.prediction_total for r in scored], expected_total, rtol=1e-6)
     np.testing.assert_allclose([r.prediction_pair for r in scored], expected_pair, rtol=1e-6)
+    unnamed = SparkKerasModel.fromKerasModel(model).setPredictionCol("")
+    with pytest.raises(ValueError, match=r"predictionCol='' cannot leave out a multi-output"):
+        unnamed.transform(frame)
 
 
 def test_models_with_a_dict_of_outputs_name_their_columns_by_key(spark):

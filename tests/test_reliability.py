@@ -292,3 +292,15 @@ def test_a_checkpoint_remembers_that_training_stopped_early(tmp_path):
     assert (state["epochs_done"], state["stopped"]) == (2, True)
     assert checkpoint.first_epoch(state, epochs=5) == 5  # nothing left to run
     assert state["history"] == {"loss": [0.6, 0.5]}
+
+
+def test_an_empty_checkpoint_dir_means_a_temporary_one_as_unset():
+    """Not the file system's root, where "" + "/fit-..." would put it."""
+    import tempfile
+
+    from sparkeras.estimator import _checkpoint_directory
+
+    with _checkpoint_directory("") as directory:
+        assert directory.startswith(os.path.join(tempfile.gettempdir(), "sparkeras-checkpoints-"))
+        assert os.path.isdir(directory)
+    assert not os.path.exists(os.path.dirname(directory))  # removed with the fit

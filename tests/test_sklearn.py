@@ -256,6 +256,25 @@ def test_random_state_leaves_the_callers_random_state_alone():
     assert np.random.permutation(10).tolist() == expected.tolist()
 
 
+def test_random_state_takes_numpy_ints_large_ints_and_random_states():
+    features, labels = three_classes(seed=7)
+
+    def probabilities(random_state):
+        classifier = KerasClassifier(build_classifier, epochs=1, random_state=random_state)
+        return classifier.fit(features, labels).predict_proba(features)
+
+    np.testing.assert_array_equal(probabilities(np.int64(3)), probabilities(3))
+    np.testing.assert_array_equal(probabilities(-1), probabilities(2**32 - 1))  # Keras' range
+    assert (
+        not KerasClassifier(build_classifier, random_state=3).__sklearn_tags__().non_deterministic
+    )
+    shared = np.random.RandomState(0)  # a new seed for each fit, drawn from it
+    assert not np.array_equal(probabilities(shared), probabilities(shared))
+    assert (
+        KerasClassifier(build_classifier, random_state=shared).__sklearn_tags__().non_deterministic
+    )
+
+
 def test_sample_weight_class_weight_partial_fit_and_warm_start():
     features, labels = separable(400, WIDTH, seed=6)
     labels = labels.astype(int)
@@ -280,6 +299,8 @@ def test_sample_weight_class_weight_partial_fit_and_warm_start():
     assert len(online.history_["loss"]) == 2
     with pytest.raises(ValueError, match="labels not seen"):
         online.partial_fit(features[:5], np.full(5, 7))
+    with pytest.raises(ValueError, match=r"classes=\[0, 1, 2\] differs from \[0, 1\]"):
+        online.partial_fit(features[:5], labels[:5], classes=[0, 1, 2])
 
     warm = KerasClassifier(build_classifier, epochs=2, warm_start=True, random_state=0)
     first_model = warm.fit(features, labels).model_
@@ -313,14 +334,28 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="needs samples of at least 2 classes"):
         KerasClassifier(build_classifier).fit(features, np.zeros(len(features)))
 
+    three_units = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    three_units.compile(optimizer="sgd", loss="mse")
+    # Keras' mse would broadcast a 1-d y against 3 outputs, and predict 3 values per row.
+    with pytest.raises(ValueError, match=r"3 output unit\(s\), but y has 1 output\(s\)"):
+        KerasRegressor(three_units).fit(features, np.arange(len(features), dtype=float))
+
 
 @pytest.mark.spark
 def test_the_same_script_in_process_and_on_spark(spark):
     features, labels = three_classes(rows=400, seed=8)
     results = {}
     for num_workers in (None, 2):
+        # numpy scalars (as np.arange grids give) and a bool verbose: Spark's param converters
+        # refuse them, so the estimator converts them.
         classifier = KerasClassifier(
-            build_classifier, epochs=8, batch_size=32, random_state=0, num_workers=num_workers
+            build_classifier,
+            epochs=np.int32(8),
+            batch_size=np.int64(32),
+            random_state=np.int64(0),
+            verbose=False,
+            validation_split=np.float32(0.0),
+            num_workers=num_workers,
         )
         classifier.fit(features, labels)
         results[num_workers] = classifier

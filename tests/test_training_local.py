@@ -184,6 +184,31 @@ def test_array_labels_and_one_input_partition(spark):
     assert predicted.shape == (400, 2)
 
 
+def test_autoencoders_train_on_their_features_column_with_any_spark_seed(spark):
+    rng = np.random.default_rng(4)
+    codes = rng.normal(size=(600, 3))
+    rows = codes @ rng.normal(size=(3, 6))  # 6 columns on a 3-d subspace: a 3-unit code suffices
+    import pandas as pd
+
+    frame = spark.createDataFrame(pd.DataFrame({"x": list(rows)}))
+    autoencoder = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(3), keras.layers.Dense(6)]
+    )
+    autoencoder.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    result = SparkKerasEstimator(
+        model=autoencoder,
+        featuresCol="x",
+        labelCol="x",  # its own features are the label
+        numWorkers=2,
+        epochs=10,
+        batchSize=40,
+        seed=-(2**40),  # Spark seeds are any long; Keras takes [0, 2**32)
+    ).fit(frame)
+    assert result.history["loss"][-1] < 0.05 * result.history["loss"][0]
+    reconstructed = np.stack(result.transform(frame).toPandas()["prediction"].to_numpy())
+    assert np.mean((reconstructed - rows) ** 2) < 0.05 * np.mean(rows**2)
+
+
 @keras.saving.register_keras_serializable(package="sparkeras_tests")
 class Scale(keras.layers.Layer):
     """A registered custom layer: shipped automatically."""

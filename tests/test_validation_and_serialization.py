@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -190,3 +192,29 @@ def test_stop_requests_are_voted_on_at_the_epoch_end():
     stopper.model.stop_training = True  # asked at the epoch's end from this worker's own state
     stopper.on_epoch_end(2)
     assert stopper.model.stop_training
+
+
+def test_parameter_server_fits_warn_about_callbacks_whose_batch_hooks_would_not_run():
+    class PerBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    epoch_wise = [
+        keras.callbacks.ModelCheckpoint("/tmp/unused.keras"),
+        keras.callbacks.EarlyStopping(),
+        keras.callbacks.TerminateOnNaN(),  # sparkeras stops on NaN at the epoch's end itself
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validation.check_callbacks(epoch_wise, "parameter_server")
+        validation.check_callbacks([PerBatch()], "mirrored")  # Keras' fit calls every hook
+    per_batch = [
+        PerBatch(),
+        keras.callbacks.ModelCheckpoint("/tmp/unused.keras", save_freq=10),
+        keras.callbacks.LambdaCallback(on_test_end=lambda logs: None),
+    ]
+    with pytest.warns(
+        UserWarning, match=r"hooks of \['PerBatch', 'ModelCheckpoint', 'LambdaCallback'\] will not"
+    ):
+        validation.check_callbacks(per_batch, "parameter_server")

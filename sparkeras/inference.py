@@ -240,9 +240,8 @@ class OutputSpec:
     """Which prediction columns ``transform`` writes; an empty column name disables that column.
 
     ``classification`` follows Spark's own classifiers: ``probability`` and ``rawPrediction``
-    vectors and a double ``prediction`` label. A sigmoid output gives ``[1 - p, p]`` and raw
-    scores ``[-logit, logit]``; a softmax output gives its probabilities and their logarithms.
-    ``regression`` writes the model's output as a double (one unit) or an array of doubles.
+    vectors and a double ``prediction`` label (see :func:`class_scores`). ``regression`` writes
+    the model's output as a double (one unit) or an array of doubles.
     """
 
     mode: str
@@ -250,6 +249,8 @@ class OutputSpec:
     prediction_col: str
     raw_prediction_col: str = ""
     probability_col: str = ""
+    #: The classifier outputs logits (compiled with ``from_logits=True``), not probabilities.
+    logits: bool = False
     #: Multi-output models ("multi_output" mode): one array column per output,
     #: ``{prediction_col}_{name}``.
     output_names: tuple[str, ...] = ()
@@ -288,19 +289,10 @@ class OutputSpec:
         """
         if self.mode == "multi_output":
             return [_doubles(values, values.shape[1], as_lists=True) for values in outputs_per_head]
-        # float64 before clipping: in float32, 1 - 1e-12 is 1, and a saturated sigmoid's logit
-        # would be infinite.
         outputs = outputs_per_head[0].astype(np.float64, copy=False)
         if self.mode != "classification":
             return [_doubles(outputs, self.width)] if self.prediction_col else []
-        if self.width == 1:
-            positive = np.clip(outputs[:, 0], _EPSILON, 1 - _EPSILON)
-            probability = np.stack([1 - positive, positive], axis=1)
-            logit = np.log(positive) - np.log1p(-positive)
-            raw = np.stack([-logit, logit], axis=1)
-        else:
-            probability = outputs
-            raw = np.log(np.clip(outputs, _EPSILON, None))
+        probability, raw = class_scores(outputs, self.logits)
         vectors = (
             partial(_doubles, width=raw.shape[1], as_lists=True)
             if vectors_as_arrays
@@ -320,6 +312,37 @@ class OutputSpec:
 
 
 _EPSILON = 1e-12
+
+
+def class_scores(outputs: np.ndarray, logits: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's probabilities and raw scores (Spark's ``rawPrediction``), one column per
+    class, from its ``rows x units`` outputs.
+
+    One unit is a binary classifier: probabilities ``[1 - p, p]`` and raw scores
+    ``[-logit, logit]``. Several units: the probabilities, and their logarithms (or the logits).
+    ``logits`` says the outputs are logits, not probabilities.
+
+    Examples
+    --------
+    >>> probability, raw = class_scores(np.array([[0.0], [2.0]]), logits=True)
+    >>> probability.round(3).tolist(), raw.tolist()
+    ([[0.5, 0.5], [0.119, 0.881]], [[-0.0, 0.0], [-2.0, 2.0]])
+    """
+    # float64 before clipping: in float32, 1 - 1e-12 is 1, and a saturated sigmoid's logit
+    # would be infinite.
+    outputs = outputs.astype(np.float64, copy=False)
+    if outputs.shape[1] == 1:
+        if logits:
+            logit = outputs[:, 0]
+            positive = 0.5 * (1.0 + np.tanh(0.5 * logit))  # the sigmoid, without overflow
+        else:
+            positive = np.clip(outputs[:, 0], _EPSILON, 1 - _EPSILON)
+            logit = np.log(positive) - np.log1p(-positive)
+        return np.stack([1 - positive, positive], axis=1), np.stack([-logit, logit], axis=1)
+    if logits:
+        exponentials = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        return exponentials / exponentials.sum(axis=1, keepdims=True), outputs
+    return outputs, np.log(np.clip(outputs, _EPSILON, None))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,10 +20,11 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
     """A Keras model trained by :class:`SparkKerasEstimator`.
 
     ``transform`` appends prediction columns, computed in Arrow batches on the executors: for
-    classifiers (last layer sigmoid or softmax, or ``outputMode='classification'``) the
+    classifiers (last layer sigmoid or softmax, logits with a ``from_logits=True`` loss, or
+    ``outputMode='classification'``) the
     ``rawPrediction`` and ``probability`` vectors and a double ``prediction`` label, as Spark's
     own classifiers do; for regressors a double ``prediction`` (an array for several units);
-    for multi-output models one array column per output, ``prediction_<output name>``.
+    for multi-output models one array column per output, ``{predictionCol}_<output name>``.
     ``history`` is the chief worker's per-epoch history; ``getKerasModel()`` returns the trained,
     compiled ``keras.Model``.
 
@@ -169,6 +170,7 @@ class SparkKerasModel(Model, SparkKerasModelParams, MLWritable, MLReadable):
             prediction_col=self.getPredictionCol(),
             raw_prediction_col=self.getRawPredictionCol(),
             probability_col=self.getProbabilityCol(),
+            logits=not multi_output and validation.outputs_logits(keras_model),
             output_names=validation.model_output_names(keras_model) if multi_output else (),
             output_widths=tuple(int(out.shape[-1] or 1) for out in keras_model.outputs),
         )

@@ -158,7 +158,8 @@ class _SharedParams(
         "outputMode",
         "prediction columns of transform(): 'classification' (rawPrediction, probability, "
         "prediction label, like Spark's classifiers), 'regression' (prediction values), or "
-        "'auto' (classification when the last layer is a sigmoid or softmax)",
+        "'auto' (classification when the last layer is a sigmoid or softmax, or the loss was "
+        "compiled with from_logits=True)",
         typeConverter=_to_choice("outputMode", OUTPUT_MODES),
     )
 

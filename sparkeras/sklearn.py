@@ -561,11 +561,12 @@ class KerasClassifier(ClassifierMixin, _KerasEstimator):
         return indices.astype(np.int32)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes_``."""
+        """Class probabilities, columns in the order of ``classes_`` (also for a model that
+        outputs logits, compiled with ``from_logits=True``)."""
+        from sparkeras import inference, validation
+
         outputs = self._predict_raw(X)
-        if outputs.shape[1] == 1:
-            return np.hstack([1.0 - outputs, outputs])
-        return outputs
+        return inference.class_scores(outputs, validation.outputs_logits(self.model_))[0]
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row, in the original label space."""

@@ -183,13 +183,28 @@ def feature_spec(schema: StructType, column: str, model: Any) -> FeatureSpec:
 
 
 def output_mode(model: Any, requested: str) -> str:
-    """'classification' or 'regression'; 'auto' looks at the last layer's activation."""
+    """'classification' or 'regression'; 'auto' looks at the last layer's activation, and at
+    the compiled loss for a classifier that outputs logits."""
     if requested != "auto":
         return requested
+    return (
+        "classification" if _ends_in_probabilities(model) or outputs_logits(model) else "regression"
+    )
+
+
+def outputs_logits(model: Any) -> bool:
+    """Whether the model outputs logits: it was compiled with a loss taking ``from_logits=True``
+    (``BinaryCrossentropy``, ``SparseCategoricalCrossentropy``...), and its last layer is not a
+    sigmoid or softmax already."""
+    from_logits = bool(getattr(getattr(model, "loss", None), "from_logits", False))
+    return from_logits and not _ends_in_probabilities(model)
+
+
+def _ends_in_probabilities(model: Any) -> bool:
     last = model.layers[-1] if model.layers else None
     activation = getattr(last, "activation", None)
     name = getattr(activation, "__name__", "") or type(last).__name__.lower()
-    return "classification" if name in ("sigmoid", "softmax") else "regression"
+    return name in ("sigmoid", "softmax")
 
 
 def model_output_width(model: Any) -> int:

@@ -326,6 +326,29 @@ def test_multi_output_models_give_one_array_column_per_output(spark):
         unnamed.transform(frame)
 
 
+def test_classifiers_that_output_logits_get_probabilities_and_logit_raw_scores(spark):
+    rows = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 0.5], [-3.0, 0.2, 1.0]])
+    frame = spark.createDataFrame([(row.tolist(),) for row in rows], ["features"])
+    for units, loss in [
+        (1, keras.losses.BinaryCrossentropy(from_logits=True)),
+        (3, keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+    ]:
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(units)])
+        model.compile(optimizer="adam", loss=loss)  # auto: classification, from the loss
+        logits = model.predict(rows, verbose=0).astype(np.float64)
+        if units == 1:
+            positive = 1 / (1 + np.exp(-logits[:, 0]))
+            probabilities = np.stack([1 - positive, positive], axis=1)
+            raw = np.hstack([-logits, logits])
+        else:
+            probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+            raw = logits
+        scored = SparkKerasModel.fromKerasModel(model).transform(frame).collect()
+        np.testing.assert_allclose([r.probability.toArray() for r in scored], probabilities, 1e-6)
+        np.testing.assert_allclose([r.rawPrediction.toArray() for r in scored], raw, 1e-6)
+        assert [r.prediction for r in scored] == probabilities.argmax(axis=1).tolist()
+
+
 def test_models_with_a_dict_of_outputs_name_their_columns_by_key(spark):
     inputs = keras.Input((3,))
     heads = {"price": keras.layers.Dense(1)(inputs), "kind": keras.layers.Dense(2)(inputs)}

@@ -77,6 +77,28 @@ def test_one_hot_losses_get_one_hot_targets():
     assert classifier.score(features, labels) >= 0.9
 
 
+def test_models_that_output_logits_predict_probabilities():
+    features, labels = three_classes(seed=3)
+    binary = labels == "dog"
+    for y, units, loss in [
+        (binary, 1, keras.losses.BinaryCrossentropy(from_logits=True)),
+        (labels, 3, keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+    ]:
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(units)])  # logits
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
+        classifier = KerasClassifier(model, epochs=20, random_state=0).fit(features, y)
+        probabilities = classifier.predict_proba(features)
+        logits = classifier.model_.predict(features, verbose=0).astype(np.float64)
+        if units == 1:
+            expected = 1 / (1 + np.exp(-logits[:, 0]))
+            np.testing.assert_allclose(probabilities[:, 1], expected, rtol=1e-6)
+        else:
+            expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+            np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+        assert probabilities.min() >= 0 and np.allclose(probabilities.sum(axis=1), 1)
+        assert classifier.score(features, y) >= 0.9  # class 1 where the logit is > 0, not > 0.5
+
+
 def test_grid_search_sees_epochs_and_routed_learning_rate_in_a_pipeline():
     features, labels = three_classes(rows=240, seed=2)
     pipeline = make_pipeline(StandardScaler(), KerasClassifier(build_classifier, random_state=0))

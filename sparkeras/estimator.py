@@ -379,7 +379,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
                     f"batchSize={self.getBatchSize()} is not divisible by numWorkers={num_workers}: "
                     f"each worker trains on {per_worker} rows per step, a global batch of "
                     f"{per_worker * num_workers}. Use a multiple of {num_workers} to silence this.",
-                    stacklevel=3,
+                    stacklevel=5,  # _plan, _fit, Estimator.fit, our fit, the caller
                 )
         features = validation.feature_spec(dataset.schema, self.getFeaturesCol(), model)
         label = validation.label_spec(
@@ -389,7 +389,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         label = validation.with_weights(dataset.schema, label, weight_column or None)
         roles = task_roles(strategy, num_workers, num_ps)
         launch.check_task_slots(dataset.sparkSession, roles)
-        if self.getLogDir() is not None and importlib.util.find_spec("tensorboard") is None:
+        if self.getLogDir() and importlib.util.find_spec("tensorboard") is None:
             raise ValueError(
                 "logDir needs the tensorboard package on the driver and the executors: "
                 "pip install 'sparkeras[tensorboard]' (or tensorboard), or unset logDir."

@@ -333,12 +333,15 @@ def class_scores(outputs: np.ndarray, logits: bool) -> tuple[np.ndarray, np.ndar
     outputs = outputs.astype(np.float64, copy=False)
     if outputs.shape[1] == 1:
         if logits:
+            from scipy.special import expit  # the sigmoid, accurate far into both tails
+
             logit = outputs[:, 0]
-            positive = 0.5 * (1.0 + np.tanh(0.5 * logit))  # the sigmoid, without overflow
+            probability = np.stack([expit(-logit), expit(logit)], axis=1)
         else:
             positive = np.clip(outputs[:, 0], _EPSILON, 1 - _EPSILON)
             logit = np.log(positive) - np.log1p(-positive)
-        return np.stack([1 - positive, positive], axis=1), np.stack([-logit, logit], axis=1)
+            probability = np.stack([1 - positive, positive], axis=1)
+        return probability, np.stack([-logit, logit], axis=1)
     if logits:
         exponentials = np.exp(outputs - outputs.max(axis=1, keepdims=True))
         return exponentials / exponentials.sum(axis=1, keepdims=True), outputs

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import inspect
 import numbers
-import operator
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -242,11 +241,11 @@ class _KerasEstimator(BaseEstimator):
         # which grid searches produce, and Keras' verbose="auto".
         estimator = SparkKerasEstimator(
             model=self.model_,
-            numWorkers=operator.index(self.num_workers),
+            numWorkers=_spark_int(self.num_workers),
             strategy=self.strategy,
-            numPs=None if self.num_ps is None else operator.index(self.num_ps),
-            epochs=operator.index(epochs),
-            batchSize=operator.index(self.batch_size),
+            numPs=None if self.num_ps is None else _spark_int(self.num_ps),
+            epochs=_spark_int(epochs),
+            batchSize=_spark_int(self.batch_size),
             validationFraction=float(self.validation_split),
             callbacks=list(self.callbacks or []),
             customObjects=self.custom_objects,
@@ -508,7 +507,7 @@ class KerasClassifier(ClassifierMixin, _KerasEstimator):
         given = None if classes is None else np.unique(np.asarray(classes))
         if (
             given is not None
-            and hasattr(self, "classes_")
+            and hasattr(self, "model_")  # a first call that failed may leave classes_ alone
             and not np.array_equal(given, self.classes_)
         ):
             raise ValueError(
@@ -630,6 +629,17 @@ class KerasRegressor(RegressorMixin, _KerasEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+def _spark_int(value: Any) -> Any:
+    """A whole number (``np.int32(8)``, ``8.0``) as the plain int Spark's param converters take;
+    anything else as it is, for the converter's own error.
+
+    >>> _spark_int(np.int32(8)), _spark_int(8.0), _spark_int(2.5), _spark_int(None)
+    (8, 8, 2.5, None)
+    """
+    is_whole = isinstance(value, numbers.Number) and float(value).is_integer()
+    return int(value) if is_whole else value
 
 
 def _fit_seed(random_state: Any) -> int | None:

@@ -90,23 +90,31 @@ def check_callbacks(callbacks: list | None, strategy: str) -> None:
             f"(on_train_begin/end, on_epoch_begin/end): the batch-level or validation hooks of "
             f"{ignored} will not run. Act at epoch ends (e.g. ModelCheckpoint(save_freq='epoch')),"
             " or use strategy='mirrored'.",
-            stacklevel=4,
+            stacklevel=6,  # the caller of SparkKerasEstimator.fit
         )
 
 
 def _acts_per_batch(callback: Any) -> bool:
-    """Whether ``callback`` does anything in the hooks the parameter-server loop never calls."""
+    """Whether ``callback`` does anything in the hooks the parameter-server loop never calls:
+    Keras' own callbacks whose settings use those hooks, and hooks a class or instance adds."""
     import keras
 
-    if isinstance(callback, keras.callbacks.ModelCheckpoint):
-        return callback.save_freq != "epoch"
-    if isinstance(callback, keras.callbacks.TensorBoard):
-        return callback.update_freq != "epoch"
-    if isinstance(callback, keras.callbacks.TerminateOnNaN):
-        return False  # sparkeras itself stops on a NaN loss at the end of the epoch
-    base = keras.callbacks.Callback
-    return any(
-        hook in vars(callback) or getattr(type(callback), hook) is not getattr(base, hook)
+    configured = {
+        keras.callbacks.ModelCheckpoint: lambda c: c.save_freq != "epoch",
+        keras.callbacks.TensorBoard: lambda c: (
+            c.update_freq != "epoch"
+            or c.write_steps_per_second
+            or getattr(c, "_start_batch", 0) > 0  # profile_batch
+        ),
+        # sparkeras itself stops on a NaN loss at the end of the epoch.
+        keras.callbacks.TerminateOnNaN: lambda c: False,
+    }
+    reference, uses_batches = next(
+        ((kind, check) for kind, check in configured.items() if isinstance(callback, kind)),
+        (keras.callbacks.Callback, lambda c: False),
+    )
+    return uses_batches(callback) or any(
+        hook in vars(callback) or getattr(type(callback), hook) is not getattr(reference, hook)
         for hook in _HOOKS_WITHOUT_PARAMETER_SERVERS
     )
 
@@ -193,11 +201,17 @@ def output_mode(model: Any, requested: str) -> str:
 
 
 def outputs_logits(model: Any) -> bool:
-    """Whether the model outputs logits: it was compiled with a loss taking ``from_logits=True``
-    (``BinaryCrossentropy``, ``SparseCategoricalCrossentropy``...), and its last layer is not a
-    sigmoid or softmax already."""
-    from_logits = bool(getattr(getattr(model, "loss", None), "from_logits", False))
-    return from_logits and not _ends_in_probabilities(model)
+    """Whether the model is a classifier that outputs logits: compiled with a loss taking
+    ``from_logits=True`` (``BinaryCrossentropy`` for one unit, a categorical one for several),
+    and its last layer is not a sigmoid or softmax already.
+
+    Several units with a binary loss are independent labels (multi-label), not the classes of
+    one label: they stay regression outputs.
+    """
+    loss = getattr(model, "loss", None)
+    if not getattr(loss, "from_logits", False) or _ends_in_probabilities(model):
+        return False
+    return model_output_width(model) == 1 or "categorical" in type(loss).__name__.lower()
 
 
 def _ends_in_probabilities(model: Any) -> bool:

@@ -323,6 +323,11 @@ def test_sample_weight_class_weight_partial_fit_and_warm_start():
         online.partial_fit(features[:5], np.full(5, 7))
     with pytest.raises(ValueError, match=r"classes=\[0, 1, 2\] differs from \[0, 1\]"):
         online.partial_fit(features[:5], labels[:5], classes=[0, 1, 2])
+    retried = KerasClassifier(build_classifier, random_state=0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        retried.partial_fit(features[:5], np.zeros(5, dtype=int))
+    retried.partial_fit(features[:5], np.zeros(5, dtype=int), classes=[0, 1])  # what it asked for
+    assert retried.classes_.tolist() == [0, 1]
 
     warm = KerasClassifier(build_classifier, epochs=2, warm_start=True, random_state=0)
     first_model = warm.fit(features, labels).model_

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 import time
@@ -508,6 +509,36 @@ def test_too_many_workers_for_the_slots_fails_fast(spark, data):
         SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=3).fit(frame)
     assert time.monotonic() - started < 30
     assert spark_jobs(spark) == jobs  # refused before any job
+
+
+class PerBatch(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+def test_driver_warnings_point_at_the_line_that_calls_fit(data):
+    _, _, frame = data
+    uneven = SparkKerasEstimator(model=binary_model(WIDTH), numWorkers=3, batchSize=32)
+    asynchronous = SparkKerasEstimator(
+        model=binary_model(WIDTH), strategy="parameter_server", callbacks=[PerBatch()]
+    )
+    for estimator, warning in [(uneven, "not divisible"), (asynchronous, r"\['PerBatch'\]")]:
+        refused = pytest.raises(ValueError, match="task slot")  # 2 slots: after the warning
+        with pytest.warns(UserWarning, match=warning) as caught, refused:
+            estimator.fit(frame)
+        assert [record.filename for record in caught] == [__file__]
+
+
+def test_an_empty_log_dir_is_unset_and_needs_no_tensorboard(data, monkeypatch):
+    _, _, frame = data
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "tensorboard" else find_spec(name, *args),
+    )
+    fitted = SparkKerasEstimator(model=binary_model(WIDTH), logDir="").fit(frame)
+    assert len(fitted.history["loss"]) == 1
 
 
 @pytest.mark.parametrize(

@@ -209,12 +209,38 @@ def test_parameter_server_fits_warn_about_callbacks_whose_batch_hooks_would_not_
         warnings.simplefilter("error")
         validation.check_callbacks(epoch_wise, "parameter_server")
         validation.check_callbacks([PerBatch()], "mirrored")  # Keras' fit calls every hook
+
+    class CheckpointEachBatch(keras.callbacks.ModelCheckpoint):  # save_freq stays "epoch"
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
     per_batch = [
         PerBatch(),
         keras.callbacks.ModelCheckpoint("/tmp/unused.keras", save_freq=10),
         keras.callbacks.LambdaCallback(on_test_end=lambda logs: None),
+        CheckpointEachBatch("/tmp/unused.keras"),
+        keras.callbacks.TensorBoard("/tmp/unused", write_steps_per_second=True),
     ]
-    with pytest.warns(
-        UserWarning, match=r"hooks of \['PerBatch', 'ModelCheckpoint', 'LambdaCallback'\] will not"
-    ):
+    names = "'PerBatch', 'ModelCheckpoint', 'LambdaCallback', 'CheckpointEachBatch', 'TensorBoard'"
+    with pytest.warns(UserWarning, match=rf"hooks of \[{names}\] will not"):
         validation.check_callbacks(per_batch, "parameter_server")
+
+
+def test_logit_classifiers_and_multi_label_logits():
+    def compiled(units, loss, activation=None):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, activation)])
+        model.compile(optimizer="sgd", loss=loss)
+        return model
+
+    binary = keras.losses.BinaryCrossentropy(from_logits=True)
+    categorical = keras.losses.CategoricalCrossentropy(from_logits=True)
+    cases = [  # (model, logits, auto output mode)
+        (compiled(1, binary), True, "classification"),
+        (compiled(3, categorical), True, "classification"),
+        (compiled(3, binary), False, "regression"),  # 3 independent labels, not 3 classes
+        (compiled(1, binary, "sigmoid"), False, "classification"),  # probabilities already
+        (compiled(1, "binary_crossentropy"), False, "regression"),
+    ]
+    for model, logits, mode in cases:
+        assert validation.outputs_logits(model) is logits
+        assert validation.output_mode(model, "auto") == mode

@@ -50,8 +50,7 @@ def check_param_map(instance: Params, extra: Any) -> None:
 
 @contextlib.contextmanager
 def _checkpoint_directory(base: str | None) -> Iterator[str]:
-    """This fit's own checkpoint directory under ``base`` (a new temporary one when ``None`` or
-    ``""``, as an empty ``logDir`` is unset too).
+    """This fit's own checkpoint directory under ``base`` (a new temporary one when ``None``).
 
     Every fit gets a fresh directory, so only retries of its own stage resume from it. Workers
     write into it only while it exists. It is removed when the fit succeeds; after a failure, a
@@ -59,7 +58,7 @@ def _checkpoint_directory(base: str | None) -> Iterator[str]:
     """
     import tensorflow as tf  # the file system of checkpointDir may be hdfs://, gs://...
 
-    temporary = not base
+    temporary = base is None
     root = tempfile.mkdtemp(prefix="sparkeras-checkpoints-") if temporary else base
     directory = f"{root.rstrip('/')}/fit-{uuid.uuid4().hex}"
     try:
@@ -389,7 +388,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
         label = validation.with_weights(dataset.schema, label, weight_column or None)
         roles = task_roles(strategy, num_workers, num_ps)
         launch.check_task_slots(dataset.sparkSession, roles)
-        if self.getLogDir() and importlib.util.find_spec("tensorboard") is None:
+        if self.getLogDir() is not None and importlib.util.find_spec("tensorboard") is None:
             raise ValueError(
                 "logDir needs the tensorboard package on the driver and the executors: "
                 "pip install 'sparkeras[tensorboard]' (or tensorboard), or unset logDir."
@@ -428,7 +427,7 @@ class SparkKerasEstimator(Estimator, SparkKerasTrainingParams, MLWritable, MLRea
             safe_mode=self.getSafeMode(),
             learning_rate=self.getLearningRate(),
             num_ps=num_ps,
-            staging_dir=self.getStagingDir() or None,
+            staging_dir=self.getStagingDir(),
             checkpoint_dir=checkpoint_dir,
             stall_timeout=self.getStallTimeout(),
             intra_op_threads=self.getIntraOpThreads(),

@@ -87,6 +87,11 @@ def _to_callbacks(value: Any) -> list:
     return callbacks
 
 
+def _to_optional_directory(value: Any) -> str | None:
+    """A directory path; ``""`` counts as unset (``None``), so no path is built on ``""``."""
+    return TypeConverters.toString(value) or None
+
+
 def _to_custom_objects(value: Any) -> dict:
     if value is None:
         return {}
@@ -225,7 +230,7 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "stagingDir",
         "directory on each executor's local disk where a fit stages its shard files (removed "
         "when the fit ends); default: the executor's temporary directory",
-        typeConverter=TypeConverters.toString,
+        typeConverter=_to_optional_directory,
     )
     checkpointDir: Param[str] = Param(
         Params._dummy(),
@@ -233,13 +238,13 @@ class SparkKerasTrainingParams(_SharedParams, HasKerasModel, HasLabelCol, HasSee
         "directory for the epoch checkpoints a retried training stage resumes from (any path "
         "TensorFlow's file system can write; on a cluster, one every executor can reach); "
         "default: a temporary directory on the driver, fine for local and local-cluster masters",
-        typeConverter=TypeConverters.toString,
+        typeConverter=_to_optional_directory,
     )
     logDir: Param[str] = Param(
         Params._dummy(),
         "logDir",
         "directory for TensorBoard logs written by the chief (epoch scalars); unset for none",
-        typeConverter=TypeConverters.toString,
+        typeConverter=_to_optional_directory,
     )
     stallTimeout: Param[float] = Param(
         Params._dummy(),

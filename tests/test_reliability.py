@@ -294,13 +294,17 @@ def test_a_checkpoint_remembers_that_training_stopped_early(tmp_path):
     assert state["history"] == {"loss": [0.6, 0.5]}
 
 
-def test_an_empty_checkpoint_dir_means_a_temporary_one_as_unset():
-    """Not the file system's root, where "" + "/fit-..." would put it."""
+def test_empty_directory_params_count_as_unset_and_checkpoint_to_a_temporary_one():
+    """Not the file system's root, where "" + "/fit-..." would put checkpoints."""
     import tempfile
 
     from sparkeras.estimator import _checkpoint_directory
 
-    with _checkpoint_directory("") as directory:
+    estimator = SparkKerasEstimator(checkpointDir="", stagingDir="", logDir="")
+    assert (
+        estimator.getCheckpointDir() is estimator.getStagingDir() is estimator.getLogDir() is None
+    )
+    with _checkpoint_directory(estimator.getCheckpointDir()) as directory:
         assert directory.startswith(os.path.join(tempfile.gettempdir(), "sparkeras-checkpoints-"))
         assert os.path.isdir(directory)
     assert not os.path.exists(os.path.dirname(directory))  # removed with the fit
